@@ -1,0 +1,86 @@
+"""Toeplitz normal operator: equals forward-then-adjoint (2D/3D, weights, multicoil); scripts."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from models.physics.nufft import NufftOp
+from models.physics.toeplitz import toeplitz_apply, toeplitz_kernel
+from models.physics.trajectories import radial_2d, radial_3d, spiral_2d
+
+
+def _randn(*shape: int, seed: int, dtype: torch.dtype = torch.complex128) -> torch.Tensor:
+    return torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+CASES = [
+    ((16, 16), radial_2d(24, 32)),
+    ((12, 20), spiral_2d(4, 256, matrix=20)),
+    ((8, 10, 12), radial_3d(80, 16)),
+]
+
+
+@pytest.mark.parametrize("shape,traj", CASES)
+@pytest.mark.parametrize("with_weights", [False, True])
+@pytest.mark.parametrize("n_coils", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+def test_normal_equals_forward_then_adjoint(shape: tuple[int, ...], traj: torch.Tensor, with_weights: bool,
+                                            n_coils: int, dtype: torch.dtype) -> None:
+    weights = torch.rand(traj.shape[1], generator=torch.Generator().manual_seed(1)) if with_weights else None
+    smaps = _randn(2, n_coils, *shape, seed=2, dtype=dtype) if n_coils > 1 else None
+    op = NufftOp(traj, shape, smaps=smaps, density=weights, backend="finufft")
+    x = _randn(2, *shape, seed=3, dtype=dtype)
+    expected = op.adjoint(op.forward(x), weighted=True)
+    result = op.normal(x)
+    assert result.dtype == dtype
+    assert _rel(result, expected) < 1e-4
+
+
+def test_unweighted_normal_ignores_density() -> None:
+    traj = radial_2d(16, 32)
+    weights = torch.rand(traj.shape[1], generator=torch.Generator().manual_seed(4))
+    op = NufftOp(traj, (16, 16), density=weights)
+    x = _randn(1, 16, 16, seed=5)
+    assert _rel(op.normal(x, weighted=False), op.adjoint(op.forward(x))) < 1e-4
+
+
+def test_torchkbnufft_operator_matches_its_toeplitz_normal() -> None:
+    traj = radial_2d(24, 32)
+    op = NufftOp(traj, (16, 16), smaps=_randn(1, 2, 16, 16, seed=6), backend="torchkbnufft")
+    x = _randn(1, 16, 16, seed=7)
+    assert _rel(op.normal(x), op.adjoint(op.forward(x))) < 1e-4
+
+
+def test_kernel_shape_and_hermitian_symmetry() -> None:
+    traj = radial_2d(16, 32)
+    kernel = toeplitz_kernel(traj, (16, 16), torch.rand(traj.shape[1]))
+    assert kernel.shape == (32, 32) and kernel.dtype == torch.complex64
+    assert kernel.imag.abs().max() < 1e-5 * kernel.real.abs().max()  # real weights -> real transfer function
+
+
+def test_leading_dims_and_jit_script() -> None:
+    traj = radial_3d(40, 12)
+    kernel = toeplitz_kernel(traj, (6, 8, 10))
+    x = _randn(2, 3, 6, 8, 10, seed=8, dtype=torch.complex64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(toeplitz_apply)
+    out = scripted(x, kernel)
+    assert out.shape == x.shape
+    assert torch.allclose(out, toeplitz_apply(x, kernel))
+    assert torch.allclose(out[1, 2], toeplitz_apply(x[1, 2], kernel), atol=1e-6)
+
+
+def test_kernel_validates_inputs() -> None:
+    traj = radial_2d(4, 8)
+    with pytest.raises(ValueError, match="trajectory"):
+        toeplitz_kernel(traj, (8, 8, 8))
+    with pytest.raises(ValueError, match="weights"):
+        toeplitz_kernel(traj, (8, 8), torch.ones(3))
