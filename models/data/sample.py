@@ -33,6 +33,7 @@ class SampleIndex:
     contrast: int = 0
     repetition: int = 0
     set: int = 0
+    phase: int = 0  # cardiac/respiratory phase (ISMRMRD idx.phase); separate images, never averaged
 
 
 @dataclass

@@ -1,0 +1,217 @@
+"""Build and parse ISMRMRD XML headers (ismrmrd 1.15 xsd objects) and read what reconstruction needs.
+
+Matrices and fields of view here follow the header's own (x, y, z) order: x is the readout. Built headers
+carry system and measurement information but no patient identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ismrmrd
+from ismrmrd import xsd
+
+TRAJECTORY_UNITS_PARAMETER = "trajectory_units"
+_LIMIT_NAMES = ("kspace_encoding_step_1", "kspace_encoding_step_2", "average", "slice", "contrast",
+                "repetition", "set", "phase", "segment")
+
+
+@dataclass(frozen=True)
+class EncodingInfo:
+    """What the assembler needs from one header encoding; matrices/FOVs in (x, y, z) order."""
+
+    encoded_matrix: tuple[int, int, int]
+    recon_matrix: tuple[int, int, int]
+    encoded_fov: tuple[float, float, float]
+    recon_fov: tuple[float, float, float]
+    trajectory: str
+    e1_limits: tuple[int, int, int] | None  # (minimum, maximum, center)
+    e2_limits: tuple[int, int, int] | None
+    acceleration: tuple[int, int]
+    receiver_channels: int | None
+    average_max: int = 0
+
+    @property
+    def is_3d(self) -> bool:
+        return self.encoded_matrix[2] > 1
+
+    @property
+    def readout_length_after_oversampling(self) -> int:
+        """Readout samples once the encoded/recon FOV ratio (readout oversampling) is removed."""
+        encoded_x, recon_fov_x, encoded_fov_x = self.encoded_matrix[0], self.recon_fov[0], self.encoded_fov[0]
+        if recon_fov_x <= 0 or encoded_fov_x <= recon_fov_x * (1 + 1e-6):
+            return encoded_x
+        return max(1, round(encoded_x * recon_fov_x / encoded_fov_x))
+
+
+def parse_header(header: Any) -> Any:
+    """An ``ismrmrdHeader`` from an xsd object, XML str or bytes (trailing NULs stripped).
+
+    Raises ValueError when the text is not ISMRMRD XML.
+    """
+    if isinstance(header, xsd.ismrmrdHeader):
+        return header
+    if isinstance(header, bytes | bytearray | memoryview):
+        header = bytes(header).decode("utf-8", errors="replace")
+    if not isinstance(header, str):
+        raise TypeError(f"header must be an ismrmrdHeader, XML str or bytes, got {type(header).__name__}")
+    text = header.strip("\x00 \t\r\n")
+    if not text.startswith("<"):
+        raise ValueError("header is not ISMRMRD XML (it does not start with '<')")
+    try:
+        parsed = xsd.CreateFromDocument(text)
+    except Exception as exc:  # xsdata raises several parser error types
+        raise ValueError(f"header is not valid ISMRMRD XML: {exc}") from exc
+    if not parsed.encoding:
+        raise ValueError("ISMRMRD header has no <encoding> section")
+    return parsed
+
+
+def header_to_xml(header: Any) -> str:
+    """Serialise an xsd header to an XML string."""
+    return xsd.ToXML(header)
+
+
+def _limit(limits: Any, name: str) -> tuple[int, int, int] | None:
+    value = getattr(limits, name, None) if limits is not None else None
+    if value is None:
+        return None
+    return int(value.minimum), int(value.maximum), int(value.center)
+
+
+def encoding_info(header: Any, encoding: int = 0) -> EncodingInfo:
+    """Read matrices, FOVs, trajectory, limits and acceleration of one encoding of a header."""
+    hdr = parse_header(header)
+    if encoding >= len(hdr.encoding):
+        raise ValueError(f"header has {len(hdr.encoding)} encodings; encoding {encoding} does not exist")
+    enc = hdr.encoding[encoding]
+    enc_m, rec_m = enc.encodedSpace.matrixSize, enc.reconSpace.matrixSize
+    enc_f, rec_f = enc.encodedSpace.fieldOfView_mm, enc.reconSpace.fieldOfView_mm
+    acceleration = (1, 1)
+    if enc.parallelImaging is not None:
+        factor = enc.parallelImaging.accelerationFactor
+        acceleration = (int(factor.kspace_encoding_step_1), int(factor.kspace_encoding_step_2))
+    system = hdr.acquisitionSystemInformation
+    channels = getattr(system, "receiverChannels", None) if system is not None else None
+    return EncodingInfo(
+        encoded_matrix=(int(enc_m.x), int(enc_m.y), int(enc_m.z or 1)),
+        recon_matrix=(int(rec_m.x), int(rec_m.y), int(rec_m.z or 1)),
+        encoded_fov=(float(enc_f.x), float(enc_f.y), float(enc_f.z)),
+        recon_fov=(float(rec_f.x), float(rec_f.y), float(rec_f.z)),
+        trajectory=enc.trajectory.value if hasattr(enc.trajectory, "value") else str(enc.trajectory),
+        e1_limits=_limit(enc.encodingLimits, "kspace_encoding_step_1"),
+        e2_limits=_limit(enc.encodingLimits, "kspace_encoding_step_2"),
+        acceleration=acceleration,
+        receiver_channels=int(channels) if channels is not None else None,
+        average_max=(_limit(enc.encodingLimits, "average") or (0, 0, 0))[1],
+    )
+
+
+def _xyz(values: Sequence[float], name: str, default_z: float) -> tuple[float, float, float]:
+    values = tuple(values)
+    if len(values) == 2:
+        values = (*values, default_z)
+    if len(values) != 3:
+        raise ValueError(f"{name} must have 2 or 3 entries (x, y[, z]), got {values}")
+    return values  # type: ignore[return-value]
+
+
+def _limit_type(minimum: int, maximum: int, center: int) -> Any:
+    return xsd.limitType(minimum=int(minimum), maximum=int(maximum), center=int(center))
+
+
+def build_header(
+    matrix: Sequence[int],
+    recon_matrix: Sequence[int] | None = None,
+    fov_mm: Sequence[float] = (256.0, 256.0, 5.0),
+    recon_fov_mm: Sequence[float] | None = None,
+    n_coils: int = 1,
+    trajectory: str = "cartesian",
+    acceleration: Sequence[int] = (1,),
+    calibration_lines: int = 0,
+    encoding_limits: Mapping[str, tuple[int, int, int]] | None = None,
+    trajectory_units: str | None = None,
+    trajectory_identifier: str | None = None,
+    h1_resonance_frequency_hz: int = 63_500_000,
+    system_vendor: str = "mrdserve",
+    system_model: str = "synthetic",
+    field_strength_t: float = 1.5,
+    protocol_name: str | None = None,
+) -> Any:
+    """An ISMRMRD header (xsd object) for one encoding; matrices/FOVs are (x, y[, z]), x = readout.
+
+    ``encoding_limits`` maps limit names (``kspace_encoding_step_1``, ``slice``, ``repetition`` ...) to
+    (minimum, maximum, center); step-1/2 limits default to the full encoded matrix with center N//2.
+    ``trajectory_units`` is recorded as a userParameterString so readers know the trajectory's units.
+    """
+    enc_xyz = tuple(int(v) for v in _xyz(matrix, "matrix", 1))
+    rec_xyz = tuple(int(v) for v in _xyz(recon_matrix, "recon_matrix", 1)) if recon_matrix else enc_xyz
+    enc_fov = _xyz(fov_mm, "fov_mm", 5.0)
+    rec_fov = _xyz(recon_fov_mm, "recon_fov_mm", enc_fov[2]) if recon_fov_mm else enc_fov
+    if min(enc_xyz) < 1 or min(rec_xyz) < 1:
+        raise ValueError(f"matrix sizes must be positive, got matrix {enc_xyz}, recon_matrix {rec_xyz}")
+    if n_coils < 1:
+        raise ValueError(f"n_coils must be >= 1, got {n_coils}")
+    known = [t.value for t in xsd.trajectoryType]
+    if trajectory.lower() not in known:
+        raise ValueError(f"trajectory {trajectory!r} is not an ISMRMRD trajectory type; use one of {known}")
+    trajectory_enum = xsd.trajectoryType(trajectory.lower())
+
+    limits: dict[str, Any] = {
+        "kspace_encoding_step_0": _limit_type(0, enc_xyz[0] - 1, enc_xyz[0] // 2),
+        "kspace_encoding_step_1": _limit_type(0, enc_xyz[1] - 1, enc_xyz[1] // 2),
+        "kspace_encoding_step_2": _limit_type(0, enc_xyz[2] - 1, enc_xyz[2] // 2),
+    }
+    for name in ("slice", "contrast", "repetition", "set", "average", "phase", "segment"):
+        limits[name] = _limit_type(0, 0, 0)
+    for name, value in (encoding_limits or {}).items():
+        if name not in _LIMIT_NAMES:
+            raise ValueError(f"encoding_limits: unknown limit {name!r}; known: {', '.join(_LIMIT_NAMES)}")
+        limits[name] = _limit_type(*value)
+
+    accel = tuple(int(a) for a in acceleration) + (1,) * (2 - len(tuple(acceleration)))
+    parallel = None
+    if accel[0] > 1 or accel[1] > 1 or calibration_lines > 0:
+        parallel = xsd.parallelImagingType(
+            accelerationFactor=xsd.accelerationFactorType(kspace_encoding_step_1=accel[0],
+                                                          kspace_encoding_step_2=accel[1]),
+            calibrationMode=xsd.calibrationModeType.EMBEDDED if calibration_lines > 0 else None,
+        )
+    description = None
+    if trajectory_units is not None or trajectory_identifier is not None:
+        strings = []
+        if trajectory_units is not None:
+            strings.append(xsd.userParameterStringType(name=TRAJECTORY_UNITS_PARAMETER,
+                                                       value=trajectory_units))
+        description = xsd.trajectoryDescriptionType(identifier=trajectory_identifier or "mrdserve",
+                                                    userParameterString=strings)
+    encoding = xsd.encodingType(
+        encodedSpace=xsd.encodingSpaceType(
+            matrixSize=xsd.matrixSizeType(x=enc_xyz[0], y=enc_xyz[1], z=enc_xyz[2]),
+            fieldOfView_mm=xsd.fieldOfViewMm(x=float(enc_fov[0]), y=float(enc_fov[1]), z=float(enc_fov[2]))),
+        reconSpace=xsd.encodingSpaceType(
+            matrixSize=xsd.matrixSizeType(x=rec_xyz[0], y=rec_xyz[1], z=rec_xyz[2]),
+            fieldOfView_mm=xsd.fieldOfViewMm(x=float(rec_fov[0]), y=float(rec_fov[1]), z=float(rec_fov[2]))),
+        encodingLimits=xsd.encodingLimitsType(**limits),
+        trajectory=trajectory_enum,
+        trajectoryDescription=description,
+        parallelImaging=parallel,
+    )
+    user_parameters = None
+    if trajectory_units is not None:
+        user_parameters = xsd.userParametersType(userParameterString=[
+            xsd.userParameterStringType(name=TRAJECTORY_UNITS_PARAMETER, value=trajectory_units)])
+    return xsd.ismrmrdHeader(
+        version=int(getattr(ismrmrd, "ISMRMRD_VERSION_MAJOR", 1)),
+        measurementInformation=xsd.measurementInformationType(
+            patientPosition=xsd.patientPositionType.HFS, protocolName=protocol_name),
+        acquisitionSystemInformation=xsd.acquisitionSystemInformationType(
+            systemVendor=system_vendor, systemModel=system_model,
+            systemFieldStrength_T=float(field_strength_t), receiverChannels=int(n_coils)),
+        experimentalConditions=xsd.experimentalConditionsType(
+            H1resonanceFrequency_Hz=int(h1_resonance_frequency_hz)),
+        encoding=[encoding],
+        userParameters=user_parameters,
+    )

@@ -1,0 +1,378 @@
+"""Read ISMRMRD HDF5 files into ``KSpaceSample`` images and write synthetic ones (Cartesian, non-Cartesian).
+
+Reading goes through the same ``AcquisitionAssembler`` as live streams. Acquisitions are read and written
+as whole HDF5 compound arrays (one I/O call), in the layout ``ismrmrd.Dataset`` and the C++ tools use.
+Writers take k-space in our layout (``[S, C, (kz,) ky, kx]``, readout last) and matrices/FOVs of the
+recon space; trajectories are stored in radians/sample, per sample as (kx, ky[, kz]) as ISMRMRD does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import ismrmrd
+import numpy as np
+import torch
+from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
+
+from models.data.acquisitions import AcquisitionAssembler
+from models.data.ismrmrd_header import build_header, header_to_xml, parse_header
+from models.data.sample import Geometry, KSpaceSample, SampleIndex
+
+_INDEX_FIELDS = ("slice", "contrast", "repetition", "set", "phase")
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def read_acquisitions(path: str | Path, dataset: str = "dataset") -> tuple[str, list[Any]]:
+    """The XML header and every ``ismrmrd.Acquisition`` of a file; clear errors for unreadable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ISMRMRD file not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            if dataset not in f:
+                raise ValueError(f"{path} has no ISMRMRD dataset group {dataset!r} (top-level: {sorted(f)})")
+            group = f[dataset]
+            if "xml" not in group:
+                raise ValueError(f"{path}: dataset {dataset!r} has no 'xml' header")
+            xml = group["xml"][0]
+            records = group["data"][:] if "data" in group else None
+    except OSError as exc:
+        raise ValueError(f"{path} is not a readable HDF5 file (truncated or corrupt): {exc}") from exc
+    if isinstance(xml, bytes):
+        xml = xml.decode("utf-8", errors="replace")
+    if records is None or records.size == 0:
+        raise ValueError(f"{path}: dataset {dataset!r} holds no acquisitions")
+    heads = np.asarray(records["head"]).astype(acquisition_header_dtype)
+    acquisitions = []
+    for i in range(records.size):
+        head = ismrmrd.AcquisitionHeader.from_buffer_copy(heads[i].tobytes())
+        n_coils, n_samples, n_dims = head.active_channels, head.number_of_samples, head.trajectory_dimensions
+        raw = np.asarray(records[i]["data"], dtype=np.float32)
+        if raw.size != 2 * n_coils * n_samples:
+            raise ValueError(f"{path}: acquisition {i} holds {raw.size // 2} complex values, its header says "
+                             f"{n_coils} channels x {n_samples} samples")
+        data = raw.view(np.complex64).reshape(n_coils, n_samples).copy()
+        traj = np.asarray(records[i]["traj"], dtype=np.float32).reshape(n_samples, n_dims).copy()
+        acquisitions.append(ismrmrd.Acquisition(head, data, traj))
+    return str(xml), acquisitions
+
+
+def read_ismrmrd(path: str | Path, dataset: str = "dataset", trajectory_units: str | None = None,
+                 prewhiten: bool = True) -> tuple[Any, list[KSpaceSample]]:
+    """The parsed header and every image (``KSpaceSample``) of an ISMRMRD file, in acquisition order."""
+    xml, acquisitions = read_acquisitions(path, dataset)
+    assembler = AcquisitionAssembler(xml, trajectory_units, prewhiten=prewhiten)
+    samples: list[KSpaceSample] = []
+    for acq in acquisitions:
+        samples.extend(assembler.add(acq))
+    samples.extend(assembler.finish())
+    return assembler.header, samples
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _as_numpy_complex(values: Any, name: str) -> np.ndarray:
+    array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    if not np.iscomplexobj(array):
+        raise TypeError(f"{name} must be complex, got {array.dtype}")
+    return array.astype(np.complex64)
+
+
+def _per_sample(values: Any, count: int, default: Any, name: str) -> list[Any]:
+    if values is None:
+        return [default(i) for i in range(count)]
+    if not isinstance(values, Sequence):
+        return [values] * count
+    if len(values) != count:
+        raise ValueError(f"{name} has {len(values)} entries for {count} samples")
+    return list(values)
+
+
+def _line_mask(mask: Any, shape: tuple[int, ...], kspace: np.ndarray, name: str) -> np.ndarray:
+    """Bool ``[S, kz, ky]`` from a mask ``[(S,) (kz,) ky(, 1|kx)]``, or rows holding data when None."""
+    n_samples, n_partitions, n_lines, n_readout = shape
+    if mask is None:
+        return np.abs(kspace).reshape(n_samples, -1, n_partitions, n_lines, n_readout).max(axis=(1, 4)) > 0
+    array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    array = array.astype(bool)
+    if array.ndim >= 2 and array.shape[-1] in (1, n_readout) and array.shape[-2] == n_lines:
+        array = array.any(axis=-1)
+    if array.ndim >= 1 and array.shape[-1] != n_lines:
+        raise ValueError(f"{name} must be [(S,) (kz,) ky(, 1|kx)] with ky = {n_lines}, got {array.shape}")
+    if n_partitions == 1 and array.ndim == 2:
+        array = array[:, None]  # [S, ky] -> [S, 1, ky]
+    try:
+        return np.broadcast_to(array, (n_samples, n_partitions, n_lines)).copy()
+    except ValueError as exc:
+        raise ValueError(f"{name} of shape {array.shape} does not match k-space lines "
+                         f"[S={n_samples}, kz={n_partitions}, ky={n_lines}]") from exc
+
+
+def _imaging_rows(rows: np.ndarray, calibration: np.ndarray, acceleration: int) -> np.ndarray:
+    """Which calibration rows also lie on the regular undersampling lattice (..._AND_IMAGING)."""
+    others = np.flatnonzero(rows & ~calibration)
+    if acceleration <= 1 or others.size == 0 or np.any(np.diff(others) % acceleration):
+        return calibration.copy()
+    lattice = (np.arange(rows.size) % acceleration) == (others[0] % acceleration)
+    return calibration & lattice
+
+
+def _set_head(head: np.ndarray, *, n_coils: int, n_samples: int, n_dims: int, center: int, dwell_us: float,
+              flags: int, scan: int, geometry: Geometry | None = None, index: SampleIndex | None = None,
+              e1: int = 0, e2: int = 0) -> None:
+    head["version"] = 1
+    head["flags"] = flags
+    head["scan_counter"] = scan
+    head["number_of_samples"] = n_samples
+    head["available_channels"] = n_coils
+    head["active_channels"] = n_coils
+    head["center_sample"] = center
+    head["trajectory_dimensions"] = n_dims
+    head["sample_time_us"] = dwell_us
+    head["channel_mask"][0] = (1 << min(n_coils, 64)) - 1 if n_coils < 64 else np.iinfo(np.uint64).max
+    if geometry is not None:
+        head["position"] = geometry.position
+        head["read_dir"] = geometry.read_dir
+        head["phase_dir"] = geometry.phase_dir
+        head["slice_dir"] = geometry.slice_dir
+        head["patient_table_position"] = geometry.patient_table_position
+    head["idx"]["kspace_encode_step_1"] = e1
+    head["idx"]["kspace_encode_step_2"] = e2
+    if index is not None:
+        for name in _INDEX_FIELDS:
+            head["idx"][name] = getattr(index, name)
+
+
+def _flag(*flags: int) -> int:
+    value = 0
+    for flag in flags:
+        value |= 1 << (flag - 1)
+    return value
+
+
+def _noise_records(noise: Any, n_coils: int, chunk: int, dwell_us: float) -> list[tuple[dict, np.ndarray]]:
+    array = _as_numpy_complex(noise, "noise")
+    if array.ndim != 2 or array.shape[0] != n_coils:
+        raise ValueError(f"noise must be [C={n_coils}, N], got shape {array.shape}")
+    out = []
+    for start in range(0, array.shape[1], chunk):
+        piece = array[:, start:start + chunk]
+        out.append(({"n_samples": piece.shape[1], "n_dims": 0, "center": 0, "dwell_us": dwell_us,
+                     "flags": _flag(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)}, piece))
+    return out
+
+
+_Entry = tuple[dict, np.ndarray, np.ndarray]  # header fields, data [C, S], trajectory [S, D]
+
+
+def _write(path: str | Path, dataset: str, header: Any, entries: list[_Entry]) -> None:
+    records = np.zeros(len(entries), dtype=acquisition_dtype)
+    last = _flag(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
+    for i, (fields, data, traj) in enumerate(entries):
+        head = np.zeros((), dtype=acquisition_header_dtype)
+        fields = dict(fields)
+        if i == len(entries) - 1:
+            fields["flags"] = fields["flags"] | last
+        _set_head(head, n_coils=data.shape[0], scan=i, **fields)
+        records["head"][i] = head
+        records["data"][i] = np.ascontiguousarray(data, dtype=np.complex64).view(np.float32).ravel()
+        records["traj"][i] = np.ascontiguousarray(traj, dtype=np.float32).ravel()
+    with h5py.File(path, "w") as f:
+        group = f.create_group(dataset)
+        xml = group.create_dataset("xml", shape=(1,), dtype=h5py.special_dtype(vlen=bytes))
+        xml[0] = header_to_xml(header).encode("utf-8")
+        group.create_dataset("data", data=records, maxshape=(None,), chunks=True)
+
+
+def _limits_for(indices: list[SampleIndex]) -> dict[str, tuple[int, int, int]]:
+    return {name: (0, max(getattr(i, name) for i in indices), 0) for name in _INDEX_FIELDS}
+
+
+def write_ismrmrd_cartesian(
+    path: str | Path,
+    kspace: Any,
+    mask: Any = None,
+    acs_mask: Any = None,
+    *,
+    fov_mm: Sequence[float] | None = None,
+    readout_oversampling: int = 1,
+    noise: Any = None,
+    geometry: Geometry | Sequence[Geometry] | None = None,
+    indices: Sequence[SampleIndex] | None = None,
+    acceleration: int | None = None,
+    dwell_time_us: float = 5.0,
+    noise_dwell_time_us: float | None = None,
+    dataset: str = "dataset",
+) -> Any:
+    """Write Cartesian k-space ``[S, C, (kz,) ky, kx]`` as ISMRMRD acquisitions; return the header written.
+
+    Rows where ``mask`` (``[(S,) (kz,) ky(, 1|kx)]``, default: rows holding data) is set become one
+    acquisition each, flagged FIRST/LAST_IN_SLICE, ENCODE_STEP and, for ``acs_mask`` rows,
+    PARALLEL_CALIBRATION (``_AND_IMAGING`` when the row lies on the R-lattice of the other lines).
+    ``readout_oversampling`` > 1 pads the image along x (the reader removes it again); ``noise`` ``[C, N]``
+    is written first as noise-measurement acquisitions; ``fov_mm`` (x, y, z) is the recon FOV.
+    """
+    array = _as_numpy_complex(kspace, "kspace")
+    if array.ndim not in (4, 5):
+        raise ValueError(f"kspace must be [S, C, ky, kx] or [S, C, kz, ky, kx], got shape {array.shape}")
+    if array.ndim == 4:
+        array = array[:, :, None]
+    n_samples, n_coils, n_partitions, n_lines, n_readout = array.shape
+    if int(readout_oversampling) != readout_oversampling or readout_oversampling < 1:
+        raise ValueError(f"readout_oversampling must be a positive integer, got {readout_oversampling}")
+    oversampling = int(readout_oversampling)
+    lines = _line_mask(mask, (n_samples, n_partitions, n_lines, n_readout), array, "mask")
+    line_shape = (n_samples, n_partitions, n_lines, n_readout)
+    calibration = (np.zeros_like(lines) if acs_mask is None
+                   else _line_mask(acs_mask, line_shape, array, "acs_mask"))
+    if np.any(calibration & ~lines):
+        raise ValueError("acs_mask marks rows that mask leaves unsampled")
+    geometries = _per_sample(geometry, n_samples, lambda i: Geometry(), "geometry")
+    index_list = _per_sample(indices, n_samples, lambda i: SampleIndex(slice=i), "indices")
+    if acceleration is None:
+        acceleration = max(1, round(lines[0].size / max(1, int(lines[0].sum()))))
+    fov = tuple(fov_mm) if fov_mm is not None else geometries[0].field_of_view
+    if len(fov) != 3:
+        raise ValueError(f"fov_mm must be (x, y, z), got {fov}")
+    encoded_x = n_readout * oversampling
+    header = build_header(
+        matrix=(encoded_x, n_lines, n_partitions), recon_matrix=(n_readout, n_lines, n_partitions),
+        fov_mm=(fov[0] * oversampling, fov[1], fov[2]), recon_fov_mm=fov, n_coils=n_coils,
+        acceleration=(acceleration,), calibration_lines=int(calibration[0].sum()),
+        encoding_limits=_limits_for(index_list))
+    if oversampling > 1:
+        image = np.fft.fftshift(np.fft.ifft(np.fft.ifftshift(array, axes=-1), axis=-1, norm="ortho"), axes=-1)
+        before = encoded_x // 2 - n_readout // 2
+        pad = [(0, 0)] * 4 + [(before, encoded_x - n_readout - before)]
+        image = np.pad(image, pad)
+        array = np.fft.fftshift(np.fft.fft(np.fft.ifftshift(image, axes=-1), axis=-1, norm="ortho"),
+                                axes=-1).astype(np.complex64)
+
+    entries: list[tuple[dict, np.ndarray, np.ndarray]] = []
+    no_traj = np.zeros((0,), dtype=np.float32)
+    if noise is not None:
+        noise_dwell = dwell_time_us if noise_dwell_time_us is None else noise_dwell_time_us
+        for fields, piece in _noise_records(noise, n_coils, encoded_x, noise_dwell):
+            entries.append((fields, piece, no_traj))
+    for s in range(n_samples):
+        imaging = np.stack([_imaging_rows(lines[s, p], calibration[s, p], acceleration)
+                            for p in range(n_partitions)])
+        positions = [(p, r) for p in range(n_partitions) for r in np.flatnonzero(lines[s, p])]
+        if not positions:
+            raise ValueError(f"mask selects no lines for sample {s}")
+        for n, (p, r) in enumerate(positions):
+            flags = []
+            if n == 0:
+                flags += [ismrmrd.ACQ_FIRST_IN_SLICE, ismrmrd.ACQ_FIRST_IN_ENCODE_STEP2]
+            if n == len(positions) - 1:
+                flags += [ismrmrd.ACQ_LAST_IN_SLICE, ismrmrd.ACQ_LAST_IN_ENCODE_STEP2]
+            if n == 0 or positions[n - 1][0] != p:
+                flags.append(ismrmrd.ACQ_FIRST_IN_ENCODE_STEP1)
+            if n == len(positions) - 1 or positions[n + 1][0] != p:
+                flags.append(ismrmrd.ACQ_LAST_IN_ENCODE_STEP1)
+            if calibration[s, p, r]:
+                flags.append(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING if imaging[p, r]
+                             else ismrmrd.ACQ_IS_PARALLEL_CALIBRATION)
+            fields = {"n_samples": encoded_x, "n_dims": 0, "center": encoded_x // 2,
+                      "dwell_us": dwell_time_us,
+                      "flags": _flag(*flags), "geometry": geometries[s], "index": index_list[s],
+                      "e1": int(r), "e2": int(p)}
+            entries.append((fields, array[s, :, p, r], no_traj))
+    _write(path, dataset, header, entries)
+    return header
+
+
+def write_ismrmrd_noncartesian(
+    path: str | Path,
+    data: Any,
+    trajectory: Any,
+    samples_per_readout: int,
+    *,
+    matrix: Sequence[int],
+    trajectory_type: str = "radial",
+    fov_mm: Sequence[float] | None = None,
+    noise: Any = None,
+    geometry: Geometry | Sequence[Geometry] | None = None,
+    indices: Sequence[SampleIndex] | None = None,
+    acceleration: int = 1,
+    dwell_time_us: float = 5.0,
+    dataset: str = "dataset",
+) -> Any:
+    """Write non-Cartesian ``data`` ``[S, C, K]`` with ``trajectory`` ``(d, K)`` or ``[S, d, K]``.
+
+    Returns the header written.
+
+    The trajectory is in our convention (radians/sample, rows (ky, kx) / (kz, ky, kx)); it is stored per
+    sample as (kx, ky[, kz]) in radians with a ``trajectory_units`` userParameter saying so. Each
+    ``samples_per_readout`` consecutive samples form one acquisition. ``matrix`` is (ny, nx) or (nz, ny, nx).
+    """
+    array = _as_numpy_complex(data, "data")
+    if array.ndim != 3:
+        raise ValueError(f"data must be [S, C, K], got shape {array.shape}")
+    n_samples, n_coils, n_points = array.shape
+    if isinstance(trajectory, torch.Tensor):
+        trajectory = trajectory.detach().cpu().numpy()
+    traj = np.asarray(trajectory).astype(np.float32)
+    if traj.ndim == 2:
+        traj = np.broadcast_to(traj, (n_samples, *traj.shape))
+    n_dims = traj.shape[1] if traj.ndim == 3 else 0
+    if traj.ndim != 3 or traj.shape[0] != n_samples or traj.shape[2] != n_points or n_dims not in (2, 3):
+        raise ValueError(f"trajectory must be (d, K) or [S, d, K] with d in (2, 3) and K = {n_points}, "
+                         f"got shape {tuple(np.shape(trajectory))}")
+    if len(matrix) != n_dims:
+        raise ValueError(f"matrix {tuple(matrix)} must have one size per trajectory row ({n_dims})")
+    if np.abs(traj).max() > math.pi * (1 + 1e-6):
+        raise ValueError("trajectory must be in radians/sample within [-pi, pi], "
+                         f"max |k| = {np.abs(traj).max():.4g}")
+    if samples_per_readout < 1 or n_points % samples_per_readout:
+        raise ValueError(f"K = {n_points} is not a multiple of samples_per_readout = {samples_per_readout}")
+    n_readouts = n_points // samples_per_readout
+    geometries = _per_sample(geometry, n_samples, lambda i: Geometry(), "geometry")
+    index_list = _per_sample(indices, n_samples, lambda i: SampleIndex(slice=i), "indices")
+    sizes = (1, *matrix) if n_dims == 2 else tuple(matrix)
+    fov = tuple(fov_mm) if fov_mm is not None else geometries[0].field_of_view
+    limits = _limits_for(index_list)
+    limits["kspace_encoding_step_1"] = (0, n_readouts - 1, 0)
+    header = build_header(
+        matrix=(sizes[2], sizes[1], sizes[0]), fov_mm=fov, n_coils=n_coils, trajectory=trajectory_type,
+        acceleration=(acceleration,), encoding_limits=limits, trajectory_units="radians")
+
+    entries: list[tuple[dict, np.ndarray, np.ndarray]] = []
+    if noise is not None:
+        for fields, piece in _noise_records(noise, n_coils, samples_per_readout, dwell_time_us):
+            entries.append((fields, piece, np.zeros((0,), dtype=np.float32)))
+    for s in range(n_samples):
+        for r in range(n_readouts):
+            part = slice(r * samples_per_readout, (r + 1) * samples_per_readout)
+            stored = traj[s, ::-1, part].T  # [samples, (kx, ky[, kz])]
+            flags = []
+            if r == 0:
+                flags.append(ismrmrd.ACQ_FIRST_IN_SLICE)
+            if r == n_readouts - 1:
+                flags.append(ismrmrd.ACQ_LAST_IN_SLICE)
+            center = int(np.argmin(np.square(stored).sum(axis=1)))
+            fields = {"n_samples": samples_per_readout, "n_dims": n_dims, "center": center,
+                      "dwell_us": dwell_time_us, "flags": _flag(*flags), "geometry": geometries[s],
+                      "index": index_list[s], "e1": r}
+            entries.append((fields, array[s, :, part], stored))
+    _write(path, dataset, header, entries)
+    return header
+
+
+def header_from_file(path: str | Path, dataset: str = "dataset") -> Any:
+    """Just the parsed header of an ISMRMRD file (acquisitions are not read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ISMRMRD file not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            if dataset not in f or "xml" not in f[dataset]:
+                raise ValueError(f"{path}: dataset {dataset!r} has no 'xml' header")
+            xml = f[dataset]["xml"][0]
+    except OSError as exc:
+        raise ValueError(f"{path} is not a readable HDF5 file (truncated or corrupt): {exc}") from exc
+    return parse_header(xml)
