@@ -1,0 +1,406 @@
+"""Synthetic acquisitions (Cartesian and non-Cartesian, multicoil, noisy) with their ground truth, to files.
+
+Used by ``mrdserve simulate``, the demos and the tests. A simulation draws a complex head phantom per slice
+(``phantoms``), receive coils and correlated receiver noise (``coils``), and acquires it with the physics
+operators: the centred FFT with a fastMRI-style mask along ky (Cartesian) or the NUFFT along a radial or
+spiral trajectory. Files are written with the ISMRMRD or fastMRI writers; the ground truth rides along in the
+same HDF5 file under ``/mrdserve`` (ISMRMRD readers look only at ``/dataset``).
+
+Noise level: ``noise_level`` is the noise standard deviation per coil-image pixel relative to the phantom's
+peak magnitude (1): with orthonormal FFTs that is also the std of each complex k-space sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import ismrmrd
+import numpy as np
+import torch
+
+from models.data.acquisitions import remove_readout_oversampling
+from models.data.coils import add_noise, coil_sensitivities_2d, noise_samples, random_coil_covariance
+from models.data.ismrmrd_header import build_header
+from models.data.phantoms import complex_phantom_2d
+from models.physics.fft import fft2c
+from models.physics.masks import EquispacedFractionMask, EquispacedMask, MaskFunc, RandomMask, acs_lines
+from models.physics.nufft import NufftOp
+from models.physics.trajectories import radial_2d, spiral_2d, spiral_turns_for_nyquist
+
+__all__ = [
+    "MASK_TYPES",
+    "TRAJECTORIES",
+    "Simulation",
+    "add_simulate_arguments",
+    "read_ground_truth",
+    "remove_readout_oversampling",
+    "run_simulate",
+    "simulate_cartesian",
+    "simulate_noncartesian",
+    "simulate_to_file",
+    "write_simulation",
+]
+
+TRAJECTORIES = ("cartesian", "radial", "spiral")
+MASK_TYPES: dict[str, type[MaskFunc]] = {
+    "random": RandomMask, "equispaced": EquispacedMask, "equispaced_fraction": EquispacedFractionMask}
+FORMATS = ("ismrmrd", "fastmri")
+GROUND_TRUTH_GROUP = "mrdserve"
+
+
+@dataclass
+class Simulation:
+    """A synthetic acquisition and what made it.
+
+    Cartesian: ``kspace`` ``[S, C, ky, kx * readout_oversampling]`` complex64 with unsampled lines zero,
+    ``mask``/``acs`` bool ``(ky,)``. Non-Cartesian: ``kspace`` ``[S, C, K]``, ``trajectory`` ``(2, K)`` in
+    radians/sample, ``samples_per_readout`` samples per spoke/interleave. ``ground_truth`` is the complex
+    image ``[S, y, x]`` on the recon matrix and ``smaps`` the coil maps ``[C, y, x]`` there (RSS = 1), so
+    ``ground_truth.abs()`` is also the RSS of fully sampled coil images. ``noise`` is a noise scan ``[C, N]``
+    with the data's noise covariance ``noise_covariance`` (``sigma^2 Psi``), or None.
+    """
+
+    kspace: torch.Tensor
+    ground_truth: torch.Tensor
+    smaps: torch.Tensor
+    trajectory_type: str
+    matrix: tuple[int, int]
+    acceleration: float
+    readout_oversampling: int = 1
+    mask: torch.Tensor | None = None
+    acs: torch.Tensor | None = None
+    trajectory: torch.Tensor | None = None
+    samples_per_readout: int | None = None
+    noise: torch.Tensor | None = None
+    noise_covariance: torch.Tensor | None = None
+    noise_sigma: float = 0.0
+    seed: int = 0
+    fov_mm: tuple[float, float, float] = (256.0, 256.0, 5.0)
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.kspace.shape[0])
+
+    @property
+    def n_coils(self) -> int:
+        return int(self.kspace.shape[1])
+
+    @property
+    def achieved_acceleration(self) -> float:
+        """Cartesian: ky lines over sampled lines; non-Cartesian: the requested factor."""
+        if self.mask is None:
+            return float(self.acceleration)
+        return self.mask.numel() / float(self.mask.sum())
+
+
+def _seeds(seed: int, count: int) -> list[int]:
+    """Independent sub-seeds (phantoms, coils, mask, noise...) derived from one user seed."""
+    return [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(count)]
+
+
+def _matrix(shape: int | tuple[int, int]) -> tuple[int, int]:
+    matrix = (int(shape), int(shape)) if isinstance(shape, int | np.integer) else tuple(int(n) for n in shape)
+    if len(matrix) != 2 or min(matrix) < 16:
+        raise ValueError(f"shape (matrix) must be two sizes of at least 16, got {shape}")
+    return matrix  # type: ignore[return-value]
+
+
+def _check_common(n_coils: int, n_slices: int, noise_level: float, acceleration: float) -> None:
+    if int(n_coils) != n_coils or n_coils < 1:
+        raise ValueError(f"n_coils must be a positive integer, got {n_coils}")
+    if int(n_slices) != n_slices or n_slices < 1:
+        raise ValueError(f"n_slices must be a positive integer, got {n_slices}")
+    if not noise_level >= 0:
+        raise ValueError(f"noise_level must be >= 0, got {noise_level}")
+    if not acceleration >= 1:
+        raise ValueError(f"acceleration must be >= 1, got {acceleration}")
+
+
+def _phantoms(matrix: tuple[int, int], n_slices: int, seed: int) -> torch.Tensor:
+    """One independent complex phantom per slice, ``[S, y, x]`` complex64."""
+    return torch.stack([complex_phantom_2d(matrix, seed=s) for s in _seeds(seed, n_slices)])
+
+
+def _add_receiver_noise(kspace: torch.Tensor, sigma: float, correlation: float, seed: int,
+                        noise_scan_samples: int | None, mask: torch.Tensor | None = None,
+                        ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Noisy ``kspace`` ``[S, C, ...]`` (noise covariance sigma^2 Psi), a matching noise scan, sigma^2 Psi."""
+    if sigma == 0:
+        return kspace if mask is None else kspace * mask, None, None
+    cov_seed, data_seed, scan_seed = _seeds(seed, 3)
+    n_coils = kspace.shape[1]
+    psi = (random_coil_covariance(n_coils, correlation, seed=cov_seed) if n_coils > 1
+           else torch.eye(1, dtype=torch.complex64))
+    noisy = add_noise(kspace, sigma=sigma, covariance=psi, seed=data_seed, coil_dim=1, mask=mask)
+    if mask is not None:
+        noisy = noisy * mask
+    scan = None
+    if noise_scan_samples:
+        scan = noise_samples(n_coils, noise_scan_samples, sigma=sigma, covariance=psi, seed=scan_seed)
+    return noisy, scan, sigma**2 * psi
+
+
+def _mask(kind: str, n_lines: int, acceleration: float, center_fraction: float,
+          seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if kind not in MASK_TYPES:
+        raise ValueError(f"mask_type must be one of {', '.join(MASK_TYPES)}, got {kind!r}")
+    if acceleration == 1:
+        mask = np.ones(n_lines, dtype=bool)
+        acs = acs_lines(n_lines, max(1, round(n_lines * center_fraction)))
+        return torch.from_numpy(mask), torch.from_numpy(acs)
+    func: MaskFunc = MASK_TYPES[kind]([center_fraction], [acceleration], seed=seed)
+    drawn = func(n_lines)
+    return torch.from_numpy(drawn.mask.copy()), torch.from_numpy(drawn.acs.copy())
+
+
+def simulate_cartesian(shape: int | tuple[int, int] = (256, 256), n_coils: int = 8, acceleration: float = 4,
+                       center_fraction: float = 0.08, mask_type: str = "equispaced_fraction",
+                       n_slices: int = 1, noise_level: float = 0.01, readout_oversampling: int = 2,
+                       with_noise_scan: bool = True, seed: int = 0, noise_correlation: float = 0.2,
+                       fov_mm: tuple[float, float, float] = (256.0, 256.0, 5.0)) -> Simulation:
+    """2D multislice Cartesian acquisition, undersampled along ky with a fastMRI-style mask.
+
+    Readout oversampling is simulated physically: each coil image lives on a FOV ``readout_oversampling``
+    times wider along x (object zero-padded, coil maps extended), so removing the oversampling (inverse FFT
+    along x, central crop, FFT) gives back exactly the recon-size coil images. One mask for all slices.
+    """
+    matrix = _matrix(shape)
+    _check_common(n_coils, n_slices, noise_level, acceleration)
+    if int(readout_oversampling) != readout_oversampling or readout_oversampling < 1:
+        raise ValueError(f"readout_oversampling must be a positive integer, got {readout_oversampling}")
+    if not 0 < center_fraction < 1:
+        raise ValueError(f"center_fraction must lie in (0, 1), got {center_fraction}")
+    phantom_seed, coil_seed, mask_seed, noise_seed = _seeds(seed, 4)
+    ny, nx = matrix
+    wide = (ny, nx * readout_oversampling)
+    start = wide[1] // 2 - nx // 2
+
+    images = _phantoms(matrix, n_slices, phantom_seed)
+    padded = torch.zeros((n_slices, *wide), dtype=torch.complex64)
+    padded[..., start:start + nx] = images
+    extent = (1.0, float(readout_oversampling))
+    wide_maps = coil_sensitivities_2d(n_coils, wide, seed=coil_seed, extent=extent)
+    full = fft2c(wide_maps.unsqueeze(0) * padded.unsqueeze(1))
+
+    mask, acs = _mask(mask_type, ny, float(acceleration), center_fraction, mask_seed)
+    sigma = float(noise_level)
+    kspace, scan, covariance = _add_receiver_noise(full, sigma, noise_correlation, noise_seed,
+                                                   64 * wide[1] if with_noise_scan else None,
+                                                   mask=mask.reshape(-1, 1))
+    return Simulation(
+        kspace=kspace, ground_truth=images, smaps=wide_maps[..., start:start + nx].contiguous(),
+        trajectory_type="cartesian", matrix=matrix, acceleration=float(acceleration),
+        readout_oversampling=int(readout_oversampling), mask=mask, acs=acs, noise=scan,
+        noise_covariance=covariance, noise_sigma=sigma, seed=int(seed), fov_mm=tuple(fov_mm))
+
+
+def _trajectory(kind: str, n: int, acceleration: float, n_readouts: int | None,
+                n_samples: int | None) -> tuple[torch.Tensor, int, int]:
+    """(trajectory (2, K), samples per readout, readouts) for a radial or spiral acquisition of an n x n grid.
+
+    Defaults: radial has pi/2 * n / R spokes of 2n samples (2x readout oversampling); spiral has
+    max(4, n // 8) / R interleaves with the turns that make the full set Nyquist, and enough samples.
+    """
+    if kind == "radial":
+        readouts = n_readouts or max(1, round(math.pi / 2 * n / acceleration))
+        samples = n_samples or 2 * n
+        return radial_2d(readouts, samples), samples, readouts
+    full_interleaves = max(4, n // 8)
+    readouts = n_readouts or max(1, round(full_interleaves / acceleration))
+    turns = spiral_turns_for_nyquist(n, full_interleaves)
+    samples = n_samples or math.ceil(math.pi * turns * n)
+    return spiral_2d(readouts, samples, matrix=n, n_turns=turns), samples, readouts
+
+
+def simulate_noncartesian(trajectory: str = "radial", shape: int | tuple[int, int] = (256, 256),
+                          n_coils: int = 8, acceleration: float = 4, n_readouts: int | None = None,
+                          n_samples: int | None = None, n_slices: int = 1, noise_level: float = 0.01,
+                          with_noise_scan: bool = True, seed: int = 0, noise_correlation: float = 0.2,
+                          backend: str = "auto",
+                          fov_mm: tuple[float, float, float] = (256.0, 256.0, 5.0)) -> Simulation:
+    """2D multislice radial or spiral acquisition through the NUFFT.
+
+    ``n_readouts`` (spokes or interleaves) and ``n_samples`` (per readout) override the defaults derived
+    from ``acceleration`` (see ``_trajectory``); ``acceleration`` is then recorded as given.
+    """
+    if trajectory not in ("radial", "spiral"):
+        raise ValueError(f"trajectory must be 'radial' or 'spiral', got {trajectory!r}")
+    matrix = _matrix(shape)
+    if matrix[0] != matrix[1]:
+        raise ValueError(f"non-Cartesian simulation needs a square matrix, got {matrix}")
+    _check_common(n_coils, n_slices, noise_level, acceleration)
+    phantom_seed, coil_seed, noise_seed = _seeds(seed, 3)
+    traj, per_readout, _ = _trajectory(trajectory, matrix[0], float(acceleration), n_readouts, n_samples)
+
+    images = _phantoms(matrix, n_slices, phantom_seed)
+    maps = coil_sensitivities_2d(n_coils, matrix, seed=coil_seed)
+    operator = NufftOp(traj, matrix, smaps=maps.unsqueeze(0), backend=backend)
+    clean = torch.cat([operator.forward(image.unsqueeze(0)) for image in images]).to(torch.complex64)
+    sigma = float(noise_level)
+    kspace, scan, covariance = _add_receiver_noise(clean, sigma, noise_correlation, noise_seed,
+                                                   64 * per_readout if with_noise_scan else None)
+    return Simulation(
+        kspace=kspace, ground_truth=images, smaps=maps, trajectory_type=trajectory, matrix=matrix,
+        acceleration=float(acceleration), trajectory=traj, samples_per_readout=per_readout, noise=scan,
+        noise_covariance=covariance, noise_sigma=sigma, seed=int(seed), fov_mm=tuple(fov_mm))
+
+
+def _replace_cartesian_lines(path: Path, kspace: torch.Tensor, dataset: str = "dataset") -> None:
+    """Store the simulated (oversampled, noisy) lines in place of the writer's re-padded ones.
+
+    The writer takes recon-size k-space and zero-pads the image along x; that reproduces our signal exactly
+    (the object is zero there) but not the noise in the oversampled margin, so the lines are put back as
+    simulated, matched by their slice and ky index.
+    """
+    array = kspace.detach().cpu().numpy().astype(np.complex64)
+    with h5py.File(path, "r+") as f:
+        records = f[dataset]["data"][:]
+        for i, record in enumerate(records):
+            head = record["head"]
+            if int(head["flags"]) & (1 << (ismrmrd.ACQ_IS_NOISE_MEASUREMENT - 1)):
+                continue
+            line = array[int(head["idx"]["slice"]), :, int(head["idx"]["kspace_encode_step_1"])]
+            if line.size * 2 != record["data"].size:
+                raise RuntimeError("ISMRMRD writer stored lines of an unexpected length")
+            records[i]["data"] = np.ascontiguousarray(line).view(np.float32).ravel()
+        f[dataset]["data"][...] = records
+
+
+def _write_ground_truth(path: Path, sim: Simulation) -> None:
+    """Add ``/mrdserve/{ground_truth, sensitivities[, mask, acs]}`` and the simulation settings as attrs."""
+    with h5py.File(path, "a") as f:
+        if GROUND_TRUTH_GROUP in f:
+            del f[GROUND_TRUTH_GROUP]
+        group = f.create_group(GROUND_TRUTH_GROUP)
+        group.create_dataset("ground_truth", data=sim.ground_truth.cpu().numpy())
+        group.create_dataset("sensitivities", data=sim.smaps.cpu().numpy())
+        if sim.mask is not None and sim.acs is not None:
+            group.create_dataset("mask", data=sim.mask.cpu().numpy())
+            group.create_dataset("acs", data=sim.acs.cpu().numpy())
+        if sim.noise_covariance is not None:
+            group.create_dataset("noise_covariance", data=sim.noise_covariance.cpu().numpy())
+        group.attrs.update({
+            "trajectory_type": sim.trajectory_type, "acceleration": sim.acceleration,
+            "achieved_acceleration": sim.achieved_acceleration, "noise_sigma": sim.noise_sigma,
+            "seed": sim.seed, "readout_oversampling": sim.readout_oversampling,
+            "matrix": np.asarray(sim.matrix)})
+
+
+def read_ground_truth(path: str | Path) -> torch.Tensor:
+    """The complex ground truth ``[S, y, x]`` a simulation stored in ``path``."""
+    with h5py.File(path, "r") as f:
+        if GROUND_TRUTH_GROUP not in f:
+            raise ValueError(f"{path} holds no simulation ground truth (no /{GROUND_TRUTH_GROUP} group)")
+        return torch.from_numpy(f[GROUND_TRUTH_GROUP]["ground_truth"][...])
+
+
+def write_simulation(path: str | Path, sim: Simulation, fmt: str = "ismrmrd") -> Path:
+    """Write ``sim`` as an ISMRMRD (or fastMRI) HDF5 file, with the ground truth under ``/mrdserve``."""
+    from models.data import ismrmrd_io
+
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "fastmri":
+        _write_fastmri(path, sim)
+    elif sim.trajectory_type == "cartesian":
+        recon_kspace = remove_readout_oversampling(sim.kspace, sim.matrix[1])
+        ismrmrd_io.write_ismrmrd_cartesian(
+            path, recon_kspace, sim.mask, sim.acs, fov_mm=sim.fov_mm,
+            readout_oversampling=sim.readout_oversampling, noise=sim.noise,
+            acceleration=max(1, round(sim.acceleration)))
+        if sim.readout_oversampling > 1:
+            _replace_cartesian_lines(path, sim.kspace)
+    else:
+        ismrmrd_io.write_ismrmrd_noncartesian(
+            path, sim.kspace, sim.trajectory, int(sim.samples_per_readout or sim.kspace.shape[-1]),
+            matrix=sim.matrix, trajectory_type=sim.trajectory_type, fov_mm=sim.fov_mm, noise=sim.noise,
+            acceleration=max(1, round(sim.acceleration)))
+    _write_ground_truth(path, sim)
+    return path
+
+
+def _write_fastmri(path: Path, sim: Simulation) -> None:
+    """fastMRI layout: undersampled (oversampled-readout) k-space, ``mask``, ``reconstruction_rss`` (the
+    ground-truth magnitude on the recon matrix), an ISMRMRD header and the test-set attributes."""
+    from models.data.fastmri import write_fastmri
+
+    if sim.trajectory_type != "cartesian" or sim.mask is None or sim.acs is None:
+        raise ValueError("the fastMRI format holds Cartesian data only")
+    ny, nx = sim.matrix
+    oversampling = sim.readout_oversampling
+    fov = sim.fov_mm
+    header = build_header(
+        matrix=(nx * oversampling, ny, 1), recon_matrix=(nx, ny, 1),
+        fov_mm=(fov[0] * oversampling, fov[1], fov[2]), recon_fov_mm=fov, n_coils=sim.n_coils,
+        acceleration=(max(1, round(sim.acceleration)),), calibration_lines=int(sim.acs.sum()))
+    rss = sim.ground_truth.abs()
+    attrs = {"acquisition": "synthetic", "max": float(rss.max()), "norm": float(rss.norm()),
+             "acceleration": max(1, round(sim.acceleration)), "num_low_frequency": int(sim.acs.sum())}
+    write_fastmri(path, sim.kspace, reconstruction_rss=rss, header=header, mask=sim.mask, attrs=attrs)
+
+
+def simulate_to_file(path: str | Path, trajectory: str = "cartesian", coils: int = 8, acceleration: float = 4,
+                     matrix: int = 256, slices: int = 1, noise: float = 0.01, seed: int = 0,
+                     fmt: str = "ismrmrd", center_fraction: float = 0.08,
+                     mask_type: str = "equispaced_fraction", readout_oversampling: int = 2,
+                     noise_scan: bool = True) -> Simulation:
+    """Simulate and write in one call (the ``mrdserve simulate`` command); returns the simulation."""
+    if trajectory not in TRAJECTORIES:
+        raise ValueError(f"trajectory must be one of {', '.join(TRAJECTORIES)}, got {trajectory!r}")
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "fastmri" and trajectory != "cartesian":
+        raise ValueError("the fastMRI format holds Cartesian data only; use --format ismrmrd for "
+                         f"{trajectory} trajectories")
+    if trajectory == "cartesian":
+        sim = simulate_cartesian(matrix, coils, acceleration, center_fraction, mask_type, slices, noise,
+                                 readout_oversampling, noise_scan, seed)
+    else:
+        sim = simulate_noncartesian(trajectory, matrix, coils, acceleration, n_slices=slices,
+                                    noise_level=noise, with_noise_scan=noise_scan, seed=seed)
+    write_simulation(path, sim, fmt)
+    return sim
+
+
+def add_simulate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Register the ``mrdserve simulate`` options on ``parser``."""
+    parser.add_argument("output", type=Path, help="HDF5 file to write (ISMRMRD or fastMRI layout)")
+    parser.add_argument("--trajectory", choices=TRAJECTORIES, default="cartesian",
+                        help="k-space trajectory (default: cartesian)")
+    parser.add_argument("--coils", type=int, default=8, help="number of receive coils (default: 8)")
+    parser.add_argument("--acceleration", type=float, default=4.0,
+                        help="undersampling factor R: ky lines for Cartesian, spokes/interleaves otherwise "
+                             "(default: 4)")
+    parser.add_argument("--matrix", type=int, default=256, help="recon matrix size N (N x N, default: 256)")
+    parser.add_argument("--slices", type=int, default=1, help="number of 2D slices (default: 1)")
+    parser.add_argument("--noise", type=float, default=0.01,
+                        help="noise std per coil-image pixel relative to the peak magnitude (default: 0.01; "
+                             "0 for noiseless data)")
+    parser.add_argument("--center-fraction", type=float, default=0.08,
+                        help="fraction of central ky lines fully sampled (ACS), Cartesian only "
+                             "(default: 0.08)")
+    parser.add_argument("--mask", choices=tuple(MASK_TYPES), default="equispaced_fraction",
+                        help="Cartesian mask type, fastMRI semantics (default: equispaced_fraction)")
+    parser.add_argument("--oversampling", type=int, default=2,
+                        help="readout oversampling factor, Cartesian only (default: 2)")
+    parser.add_argument("--no-noise-scan", action="store_true", help="do not write a noise calibration scan")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--format", choices=FORMATS, default="ismrmrd", help="file layout (default: ismrmrd)")
+    return parser
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    """Run ``mrdserve simulate`` from parsed arguments; prints a one-line summary, returns the exit code."""
+    sim = simulate_to_file(args.output, trajectory=args.trajectory, coils=args.coils,
+                           acceleration=args.acceleration, matrix=args.matrix, slices=args.slices,
+                           noise=args.noise, seed=args.seed, fmt=args.format,
+                           center_fraction=args.center_fraction, mask_type=args.mask,
+                           readout_oversampling=args.oversampling, noise_scan=not args.no_noise_scan)
+    print(f"wrote {args.output}: {sim.trajectory_type}, {sim.n_slices} slice(s), {sim.n_coils} coils, "
+          f"matrix {sim.matrix[0]}x{sim.matrix[1]}, acceleration {sim.achieved_acceleration:.2f}")
+    return 0
