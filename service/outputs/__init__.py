@@ -1,0 +1,1 @@
+"""Writers that turn reconstructed magnitude images into files and messages."""
