@@ -2,8 +2,9 @@
 
 Reading goes through the same ``AcquisitionAssembler`` as live streams. Acquisitions are read and written
 as whole HDF5 compound arrays (one I/O call), in the layout ``ismrmrd.Dataset`` and the C++ tools use.
-Writers take k-space in our layout (``[S, C, (kz,) ky, kx]``, readout last) and matrices/FOVs of the
-recon space; trajectories are stored in radians/sample, per sample as (kx, ky[, kz]) as ISMRMRD does.
+Writers take k-space in our layout (``[S, C, (kz,) ky, kx]``, readout last; Cartesian either recon-size or,
+with ``kspace_is_oversampled``, with the oversampled readout as acquired) and matrices/FOVs of the recon
+space; trajectories are stored in radians/sample, per sample as (kx, ky[, kz]) as ISMRMRD does.
 """
 
 from __future__ import annotations
@@ -200,6 +201,7 @@ def write_ismrmrd_cartesian(
     *,
     fov_mm: Sequence[float] | None = None,
     readout_oversampling: int = 1,
+    kspace_is_oversampled: bool = False,
     noise: Any = None,
     geometry: Geometry | Sequence[Geometry] | None = None,
     indices: Sequence[SampleIndex] | None = None,
@@ -213,8 +215,12 @@ def write_ismrmrd_cartesian(
     Rows where ``mask`` (``[(S,) (kz,) ky(, 1|kx)]``, default: rows holding data) is set become one
     acquisition each, flagged FIRST/LAST_IN_SLICE, ENCODE_STEP and, for ``acs_mask`` rows,
     PARALLEL_CALIBRATION (``_AND_IMAGING`` when the row lies on the R-lattice of the other lines).
-    ``readout_oversampling`` > 1 pads the image along x (the reader removes it again); ``noise`` ``[C, N]``
-    is written first as noise-measurement acquisitions; ``fov_mm`` (x, y, z) is the recon FOV.
+    Readout oversampling (encoded FOV x = ``readout_oversampling`` x recon FOV x; the reader removes it):
+    by default ``kspace`` is recon-size and the writer zero-pads the image along x; with
+    ``kspace_is_oversampled=True`` its readout already holds the ``readout_oversampling`` x longer encoded
+    readout (e.g. simulated or measured lines with their noise) and is stored as given.
+    ``noise`` ``[C, N]`` is written first as noise-measurement acquisitions; ``fov_mm`` (x, y, z) is the
+    recon FOV.
     """
     array = _as_numpy_complex(kspace, "kspace")
     if array.ndim not in (4, 5):
@@ -225,6 +231,9 @@ def write_ismrmrd_cartesian(
     if int(readout_oversampling) != readout_oversampling or readout_oversampling < 1:
         raise ValueError(f"readout_oversampling must be a positive integer, got {readout_oversampling}")
     oversampling = int(readout_oversampling)
+    if kspace_is_oversampled and n_readout % oversampling:
+        raise ValueError(f"kspace readout of {n_readout} samples is not a multiple of readout_oversampling "
+                         f"= {oversampling} (kspace_is_oversampled=True)")
     lines = _line_mask(mask, (n_samples, n_partitions, n_lines, n_readout), array, "mask")
     line_shape = (n_samples, n_partitions, n_lines, n_readout)
     calibration = (np.zeros_like(lines) if acs_mask is None
@@ -238,13 +247,14 @@ def write_ismrmrd_cartesian(
     fov = tuple(fov_mm) if fov_mm is not None else geometries[0].field_of_view
     if len(fov) != 3:
         raise ValueError(f"fov_mm must be (x, y, z), got {fov}")
-    encoded_x = n_readout * oversampling
+    recon_x = n_readout // oversampling if kspace_is_oversampled else n_readout
+    encoded_x = recon_x * oversampling
     header = build_header(
-        matrix=(encoded_x, n_lines, n_partitions), recon_matrix=(n_readout, n_lines, n_partitions),
+        matrix=(encoded_x, n_lines, n_partitions), recon_matrix=(recon_x, n_lines, n_partitions),
         fov_mm=(fov[0] * oversampling, fov[1], fov[2]), recon_fov_mm=fov, n_coils=n_coils,
         acceleration=(acceleration,), calibration_lines=int(calibration[0].sum()),
         encoding_limits=_limits_for(index_list))
-    if oversampling > 1:
+    if oversampling > 1 and not kspace_is_oversampled:
         image = np.fft.fftshift(np.fft.ifft(np.fft.ifftshift(array, axes=-1), axis=-1, norm="ortho"), axes=-1)
         before = encoded_x // 2 - n_readout // 2
         pad = [(0, 0)] * 4 + [(before, encoded_x - n_readout - before)]
@@ -294,6 +304,8 @@ def write_ismrmrd_noncartesian(
     *,
     matrix: Sequence[int],
     trajectory_type: str = "radial",
+    trajectory_identifier: str | None = None,
+    readouts_per_partition: int | None = None,
     fov_mm: Sequence[float] | None = None,
     noise: Any = None,
     geometry: Geometry | Sequence[Geometry] | None = None,
@@ -308,7 +320,12 @@ def write_ismrmrd_noncartesian(
 
     The trajectory is in our convention (radians/sample, rows (ky, kx) / (kz, ky, kx)); it is stored per
     sample as (kx, ky[, kz]) in radians with a ``trajectory_units`` userParameter saying so. Each
-    ``samples_per_readout`` consecutive samples form one acquisition. ``matrix`` is (ny, nx) or (nz, ny, nx).
+    ``samples_per_readout`` consecutive samples form one acquisition. ``matrix`` is (ny, nx) or (nz, ny, nx);
+    a 3D matrix gives an encoded z > 1, so readers treat the data as one volume. ``trajectory_type`` is an
+    ISMRMRD trajectory type ("radial", "spiral", "other"...), ``trajectory_identifier`` names the pattern in
+    the trajectoryDescription (e.g. "stack-of-stars"). ``readouts_per_partition`` (stacks, partition-major
+    order) numbers readouts within each partition (encode step 1) and the partition (encode step 2);
+    otherwise readout r has encode step 1 = r.
     """
     array = _as_numpy_complex(data, "data")
     if array.ndim != 3:
@@ -331,15 +348,23 @@ def write_ismrmrd_noncartesian(
     if samples_per_readout < 1 or n_points % samples_per_readout:
         raise ValueError(f"K = {n_points} is not a multiple of samples_per_readout = {samples_per_readout}")
     n_readouts = n_points // samples_per_readout
+    per_partition = n_readouts if readouts_per_partition is None else int(readouts_per_partition)
+    if per_partition < 1 or n_readouts % per_partition:
+        raise ValueError(f"readouts_per_partition = {readouts_per_partition} does not divide the "
+                         f"{n_readouts} readouts")
     geometries = _per_sample(geometry, n_samples, lambda i: Geometry(), "geometry")
     index_list = _per_sample(indices, n_samples, lambda i: SampleIndex(slice=i), "indices")
     sizes = (1, *matrix) if n_dims == 2 else tuple(matrix)
     fov = tuple(fov_mm) if fov_mm is not None else geometries[0].field_of_view
     limits = _limits_for(index_list)
-    limits["kspace_encoding_step_1"] = (0, n_readouts - 1, 0)
+    limits["kspace_encoding_step_1"] = (0, per_partition - 1, 0)
+    if readouts_per_partition is not None:
+        n_partitions = n_readouts // per_partition
+        limits["kspace_encoding_step_2"] = (0, n_partitions - 1, n_partitions // 2)
     header = build_header(
         matrix=(sizes[2], sizes[1], sizes[0]), fov_mm=fov, n_coils=n_coils, trajectory=trajectory_type,
-        acceleration=(acceleration,), encoding_limits=limits, trajectory_units="radians")
+        acceleration=(acceleration,), encoding_limits=limits, trajectory_units="radians",
+        trajectory_identifier=trajectory_identifier)
 
     entries: list[tuple[dict, np.ndarray, np.ndarray]] = []
     if noise is not None:
@@ -357,7 +382,7 @@ def write_ismrmrd_noncartesian(
             center = int(np.argmin(np.square(stored).sum(axis=1)))
             fields = {"n_samples": samples_per_readout, "n_dims": n_dims, "center": center,
                       "dwell_us": dwell_time_us, "flags": _flag(*flags), "geometry": geometries[s],
-                      "index": index_list[s], "e1": r}
+                      "index": index_list[s], "e1": r % per_partition, "e2": r // per_partition}
             entries.append((fields, array[s, :, part], stored))
     _write(path, dataset, header, entries)
     return header

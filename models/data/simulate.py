@@ -6,6 +6,12 @@ operators: the centred FFT with a fastMRI-style mask along ky (Cartesian) or the
 spiral trajectory. Files are written with the ISMRMRD or fastMRI writers; the ground truth rides along in the
 same HDF5 file under ``/mrdserve`` (ISMRMRD readers look only at ``/dataset``).
 
+3D (one volume per "slice" index, matrix (z, y, x), 3D phantom and coil rings): "cartesian3d" encodes z as
+kz partitions (ISMRMRD ``kspace_encode_step_2``) and undersamples only along ky, with one fastMRI-style ky
+mask shared by every partition (kz fully sampled), so the mask is ``(kz, ky)``; "stack-of-stars" repeats a
+golden-angle radial pattern on every Cartesian kz partition; "radial3d" is a golden-means kooshball. The 3D
+non-Cartesian files carry a (kx, ky, kz) trajectory per sample and an encoded matrix z = partitions.
+
 Noise level: ``noise_level`` is the noise standard deviation per coil-image pixel relative to the phantom's
 peak magnitude (1): with orthonormal FFTs that is also the std of each complex k-space sample.
 """
@@ -18,34 +24,47 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
-import ismrmrd
 import numpy as np
 import torch
 
 from models.data.acquisitions import remove_readout_oversampling
-from models.data.coils import add_noise, coil_sensitivities_2d, noise_samples, random_coil_covariance
+from models.data.coils import (
+    add_noise,
+    coil_sensitivities_2d,
+    coil_sensitivities_3d,
+    noise_samples,
+    random_coil_covariance,
+)
 from models.data.ismrmrd_header import build_header
-from models.data.phantoms import complex_phantom_2d
-from models.physics.fft import fft2c
+from models.data.phantoms import complex_phantom_2d, complex_phantom_3d
+from models.physics.fft import fftnc
 from models.physics.masks import EquispacedFractionMask, EquispacedMask, MaskFunc, RandomMask, acs_lines
 from models.physics.nufft import NufftOp
-from models.physics.trajectories import radial_2d, spiral_2d, spiral_turns_for_nyquist
+from models.physics.trajectories import radial_2d, radial_3d, spiral_2d, spiral_turns_for_nyquist, stack_of_stars
 
 __all__ = [
     "MASK_TYPES",
     "TRAJECTORIES",
+    "TRAJECTORIES_3D",
     "Simulation",
     "add_simulate_arguments",
     "read_ground_truth",
     "remove_readout_oversampling",
     "run_simulate",
     "simulate_cartesian",
+    "simulate_cartesian_3d",
     "simulate_noncartesian",
     "simulate_to_file",
     "write_simulation",
 ]
 
-TRAJECTORIES = ("cartesian", "radial", "spiral")
+TRAJECTORIES_3D = ("cartesian3d", "stack-of-stars", "radial3d")
+TRAJECTORIES = ("cartesian", "radial", "spiral", *TRAJECTORIES_3D)
+NONCARTESIAN = ("radial", "spiral", "stack-of-stars", "radial3d")
+# ISMRMRD header trajectory type and trajectoryDescription identifier of each non-Cartesian kind.
+_HEADER_TRAJECTORY = {"radial": ("radial", None), "spiral": ("spiral", None),
+                      "stack-of-stars": ("radial", "stack-of-stars"), "radial3d": ("radial", "radial3d")}
+DEFAULT_MATRIX_2D, DEFAULT_MATRIX_3D = 256, 64
 MASK_TYPES: dict[str, type[MaskFunc]] = {
     "random": RandomMask, "equispaced": EquispacedMask, "equispaced_fraction": EquispacedFractionMask}
 FORMATS = ("ismrmrd", "fastmri")
@@ -56,25 +75,28 @@ GROUND_TRUTH_GROUP = "mrdserve"
 class Simulation:
     """A synthetic acquisition and what made it.
 
-    Cartesian: ``kspace`` ``[S, C, ky, kx * readout_oversampling]`` complex64 with unsampled lines zero,
-    ``mask``/``acs`` bool ``(ky,)``. Non-Cartesian: ``kspace`` ``[S, C, K]``, ``trajectory`` ``(2, K)`` in
-    radians/sample, ``samples_per_readout`` samples per spoke/interleave. ``ground_truth`` is the complex
-    image ``[S, y, x]`` on the recon matrix and ``smaps`` the coil maps ``[C, y, x]`` there (RSS = 1), so
-    ``ground_truth.abs()`` is also the RSS of fully sampled coil images. ``noise`` is a noise scan ``[C, N]``
-    with the data's noise covariance ``noise_covariance`` (``sigma^2 Psi``), or None.
+    Cartesian: ``kspace`` ``[S, C, (kz,) ky, kx * readout_oversampling]`` complex64 with unsampled lines
+    zero, ``mask``/``acs`` bool ``((kz,) ky)``. Non-Cartesian: ``kspace`` ``[S, C, K]``, ``trajectory``
+    ``(d, K)`` in radians/sample, ``samples_per_readout`` samples per spoke/interleave (stacks:
+    ``readouts_per_partition`` spokes per kz partition, partition-major). ``matrix`` is (y, x) or (z, y, x);
+    ``ground_truth`` is the complex image ``[S, (z,) y, x]`` on it and ``smaps`` the coil maps
+    ``[C, (z,) y, x]`` there (RSS = 1), so ``ground_truth.abs()`` is also the RSS of fully sampled coil
+    images. ``noise`` is a noise scan ``[C, N]`` with the data's noise covariance ``noise_covariance``
+    (``sigma^2 Psi``), or None. ``fov_mm`` is the recon FOV (x, y, z).
     """
 
     kspace: torch.Tensor
     ground_truth: torch.Tensor
     smaps: torch.Tensor
     trajectory_type: str
-    matrix: tuple[int, int]
+    matrix: tuple[int, ...]
     acceleration: float
     readout_oversampling: int = 1
     mask: torch.Tensor | None = None
     acs: torch.Tensor | None = None
     trajectory: torch.Tensor | None = None
     samples_per_readout: int | None = None
+    readouts_per_partition: int | None = None
     noise: torch.Tensor | None = None
     noise_covariance: torch.Tensor | None = None
     noise_sigma: float = 0.0
@@ -88,6 +110,10 @@ class Simulation:
     @property
     def n_coils(self) -> int:
         return int(self.kspace.shape[1])
+
+    @property
+    def is_3d(self) -> bool:
+        return len(self.matrix) == 3
 
     @property
     def achieved_acceleration(self) -> float:
@@ -109,6 +135,21 @@ def _matrix(shape: int | tuple[int, int]) -> tuple[int, int]:
     return matrix  # type: ignore[return-value]
 
 
+def _matrix_3d(shape: int | tuple[int, int, int]) -> tuple[int, int, int]:
+    """(z, y, x) from a cube size or three sizes: in-plane at least 16, at least 8 partitions."""
+    matrix = (int(shape),) * 3 if isinstance(shape, int | np.integer) else tuple(int(n) for n in shape)
+    if len(matrix) != 3 or min(matrix[1:]) < 16 or matrix[0] < 8:
+        raise ValueError(f"shape (matrix) must be (z, y, x) with y, x >= 16 and z >= 8, got {shape}")
+    return matrix  # type: ignore[return-value]
+
+
+def _fov_3d(matrix: tuple[int, int, int], fov_mm: tuple[float, float, float] | None) -> tuple[float, ...]:
+    """The given recon FOV (x, y, z), or 256 mm in-plane with isotropic voxels along z."""
+    if fov_mm is not None:
+        return tuple(float(v) for v in fov_mm)
+    return (256.0, 256.0, 256.0 * matrix[0] / matrix[1])
+
+
 def _check_common(n_coils: int, n_slices: int, noise_level: float, acceleration: float) -> None:
     if int(n_coils) != n_coils or n_coils < 1:
         raise ValueError(f"n_coils must be a positive integer, got {n_coils}")
@@ -120,9 +161,18 @@ def _check_common(n_coils: int, n_slices: int, noise_level: float, acceleration:
         raise ValueError(f"acceleration must be >= 1, got {acceleration}")
 
 
-def _phantoms(matrix: tuple[int, int], n_slices: int, seed: int) -> torch.Tensor:
-    """One independent complex phantom per slice, ``[S, y, x]`` complex64."""
-    return torch.stack([complex_phantom_2d(matrix, seed=s) for s in _seeds(seed, n_slices)])
+def _phantoms(matrix: tuple[int, ...], n_slices: int, seed: int) -> torch.Tensor:
+    """One independent complex phantom per slice (or volume), ``[S, (z,) y, x]`` complex64."""
+    draw = complex_phantom_3d if len(matrix) == 3 else complex_phantom_2d
+    return torch.stack([draw(matrix, seed=s) for s in _seeds(seed, n_slices)])  # type: ignore[arg-type]
+
+
+def _coil_maps(n_coils: int, shape: tuple[int, ...], seed: int,
+               extent: tuple[float, ...] | None = None) -> torch.Tensor:
+    """RSS-normalised coil maps ``[C, (z,) y, x]``: a ring of loops in 2D, rings of loops in 3D."""
+    if len(shape) == 3:
+        return coil_sensitivities_3d(n_coils, shape, seed=seed, extent=extent)  # type: ignore[arg-type]
+    return coil_sensitivities_2d(n_coils, shape, seed=seed, extent=extent)  # type: ignore[arg-type]
 
 
 def _add_receiver_noise(kspace: torch.Tensor, sigma: float, correlation: float, seed: int,
@@ -157,6 +207,50 @@ def _mask(kind: str, n_lines: int, acceleration: float, center_fraction: float,
     return torch.from_numpy(drawn.mask.copy()), torch.from_numpy(drawn.acs.copy())
 
 
+def _check_cartesian(readout_oversampling: int, center_fraction: float) -> None:
+    if int(readout_oversampling) != readout_oversampling or readout_oversampling < 1:
+        raise ValueError(f"readout_oversampling must be a positive integer, got {readout_oversampling}")
+    if not 0 < center_fraction < 1:
+        raise ValueError(f"center_fraction must lie in (0, 1), got {center_fraction}")
+
+
+def _acquire_cartesian(matrix: tuple[int, ...], n_coils: int, acceleration: float, center_fraction: float,
+                       mask_type: str, n_slices: int, noise_level: float, readout_oversampling: int,
+                       with_noise_scan: bool, seed: int, noise_correlation: float,
+                       fov_mm: tuple[float, ...]) -> Simulation:
+    """Cartesian acquisition of a 2D (y, x) or 3D (z, y, x) matrix; the ky mask is shared along kz.
+
+    Readout oversampling is simulated physically: each coil image lives on a FOV ``readout_oversampling``
+    times wider along x (object zero-padded, coil maps extended), so removing the oversampling (inverse FFT
+    along x, central crop, FFT) gives back exactly the recon-size coil images.
+    """
+    _check_common(n_coils, n_slices, noise_level, acceleration)
+    _check_cartesian(readout_oversampling, center_fraction)
+    phantom_seed, coil_seed, mask_seed, noise_seed = _seeds(seed, 4)
+    nx = matrix[-1]
+    wide = (*matrix[:-1], nx * readout_oversampling)
+    start = wide[-1] // 2 - nx // 2
+
+    images = _phantoms(matrix, n_slices, phantom_seed)
+    padded = torch.zeros((n_slices, *wide), dtype=torch.complex64)
+    padded[..., start:start + nx] = images
+    extent = (1.0,) * (len(matrix) - 1) + (float(readout_oversampling),)
+    wide_maps = _coil_maps(n_coils, wide, coil_seed, extent)
+    full = fftnc(wide_maps.unsqueeze(0) * padded.unsqueeze(1), len(matrix))
+
+    lines, acs_rows = _mask(mask_type, matrix[-2], float(acceleration), center_fraction, mask_seed)
+    mask, acs = lines.expand(*matrix[:-1]).contiguous(), acs_rows.expand(*matrix[:-1]).contiguous()
+    sigma = float(noise_level)
+    kspace, scan, covariance = _add_receiver_noise(full, sigma, noise_correlation, noise_seed,
+                                                   64 * wide[-1] if with_noise_scan else None,
+                                                   mask=mask.unsqueeze(-1))
+    return Simulation(
+        kspace=kspace, ground_truth=images, smaps=wide_maps[..., start:start + nx].contiguous(),
+        trajectory_type="cartesian3d" if len(matrix) == 3 else "cartesian", matrix=matrix,
+        acceleration=float(acceleration), readout_oversampling=int(readout_oversampling), mask=mask, acs=acs,
+        noise=scan, noise_covariance=covariance, noise_sigma=sigma, seed=int(seed), fov_mm=tuple(fov_mm))
+
+
 def simulate_cartesian(shape: int | tuple[int, int] = (256, 256), n_coils: int = 8, acceleration: float = 4,
                        center_fraction: float = 0.08, mask_type: str = "equispaced_fraction",
                        n_slices: int = 1, noise_level: float = 0.01, readout_oversampling: int = 2,
@@ -164,38 +258,29 @@ def simulate_cartesian(shape: int | tuple[int, int] = (256, 256), n_coils: int =
                        fov_mm: tuple[float, float, float] = (256.0, 256.0, 5.0)) -> Simulation:
     """2D multislice Cartesian acquisition, undersampled along ky with a fastMRI-style mask.
 
-    Readout oversampling is simulated physically: each coil image lives on a FOV ``readout_oversampling``
-    times wider along x (object zero-padded, coil maps extended), so removing the oversampling (inverse FFT
-    along x, central crop, FFT) gives back exactly the recon-size coil images. One mask for all slices.
+    Readout oversampling is simulated physically (see ``_acquire_cartesian``). One mask for all slices.
     """
-    matrix = _matrix(shape)
-    _check_common(n_coils, n_slices, noise_level, acceleration)
-    if int(readout_oversampling) != readout_oversampling or readout_oversampling < 1:
-        raise ValueError(f"readout_oversampling must be a positive integer, got {readout_oversampling}")
-    if not 0 < center_fraction < 1:
-        raise ValueError(f"center_fraction must lie in (0, 1), got {center_fraction}")
-    phantom_seed, coil_seed, mask_seed, noise_seed = _seeds(seed, 4)
-    ny, nx = matrix
-    wide = (ny, nx * readout_oversampling)
-    start = wide[1] // 2 - nx // 2
+    return _acquire_cartesian(_matrix(shape), n_coils, acceleration, center_fraction, mask_type, n_slices,
+                              noise_level, readout_oversampling, with_noise_scan, seed, noise_correlation,
+                              fov_mm)
 
-    images = _phantoms(matrix, n_slices, phantom_seed)
-    padded = torch.zeros((n_slices, *wide), dtype=torch.complex64)
-    padded[..., start:start + nx] = images
-    extent = (1.0, float(readout_oversampling))
-    wide_maps = coil_sensitivities_2d(n_coils, wide, seed=coil_seed, extent=extent)
-    full = fft2c(wide_maps.unsqueeze(0) * padded.unsqueeze(1))
 
-    mask, acs = _mask(mask_type, ny, float(acceleration), center_fraction, mask_seed)
-    sigma = float(noise_level)
-    kspace, scan, covariance = _add_receiver_noise(full, sigma, noise_correlation, noise_seed,
-                                                   64 * wide[1] if with_noise_scan else None,
-                                                   mask=mask.reshape(-1, 1))
-    return Simulation(
-        kspace=kspace, ground_truth=images, smaps=wide_maps[..., start:start + nx].contiguous(),
-        trajectory_type="cartesian", matrix=matrix, acceleration=float(acceleration),
-        readout_oversampling=int(readout_oversampling), mask=mask, acs=acs, noise=scan,
-        noise_covariance=covariance, noise_sigma=sigma, seed=int(seed), fov_mm=tuple(fov_mm))
+def simulate_cartesian_3d(shape: int | tuple[int, int, int] = (64, 64, 64), n_coils: int = 8,
+                          acceleration: float = 4, center_fraction: float = 0.08,
+                          mask_type: str = "equispaced_fraction", n_volumes: int = 1,
+                          noise_level: float = 0.01, readout_oversampling: int = 2,
+                          with_noise_scan: bool = True, seed: int = 0, noise_correlation: float = 0.2,
+                          fov_mm: tuple[float, float, float] | None = None) -> Simulation:
+    """3D Cartesian acquisition of a (z, y, x) volume with kz partitions, undersampled along ky only.
+
+    The fastMRI-style ky mask (and its ACS lines) is the same for every kz partition and kz is fully
+    sampled, so ``mask``/``acs`` are ``(kz, ky)`` with identical rows; acceleration = ky lines / sampled.
+    ``fov_mm`` (x, y, z) defaults to 256 mm in-plane with isotropic voxels.
+    """
+    matrix = _matrix_3d(shape)
+    return _acquire_cartesian(matrix, n_coils, acceleration, center_fraction, mask_type, n_volumes,
+                              noise_level, readout_oversampling, with_noise_scan, seed, noise_correlation,
+                              _fov_3d(matrix, fov_mm))
 
 
 def _trajectory(kind: str, n: int, acceleration: float, n_readouts: int | None,
@@ -216,28 +301,55 @@ def _trajectory(kind: str, n: int, acceleration: float, n_readouts: int | None,
     return spiral_2d(readouts, samples, matrix=n, n_turns=turns), samples, readouts
 
 
-def simulate_noncartesian(trajectory: str = "radial", shape: int | tuple[int, int] = (256, 256),
+def _trajectory_3d(kind: str, n_partitions: int, n: int, acceleration: float, n_readouts: int | None,
+                   n_samples: int | None) -> tuple[torch.Tensor, int, int | None]:
+    """(trajectory (3, K), samples per readout, spokes per partition or None) for a 3D radial kind.
+
+    Defaults: 2n samples per spoke; stack-of-stars has pi/2 * n / R golden-angle spokes on each of the
+    ``n_partitions`` kz partitions (``n_readouts`` counts spokes per partition); radial3d has
+    pi/2 * n^2 / R golden-means spokes (the Nyquist count for full-diameter spokes over R).
+    """
+    samples = n_samples or 2 * n
+    if kind == "stack-of-stars":
+        spokes = n_readouts or max(1, round(math.pi / 2 * n / acceleration))
+        return stack_of_stars(spokes, samples, n_partitions), samples, spokes
+    spokes = n_readouts or max(1, round(math.pi / 2 * n * n / acceleration))
+    return radial_3d(spokes, samples), samples, None
+
+
+def simulate_noncartesian(trajectory: str = "radial", shape: int | tuple[int, ...] = (256, 256),
                           n_coils: int = 8, acceleration: float = 4, n_readouts: int | None = None,
                           n_samples: int | None = None, n_slices: int = 1, noise_level: float = 0.01,
                           with_noise_scan: bool = True, seed: int = 0, noise_correlation: float = 0.2,
                           backend: str = "auto",
-                          fov_mm: tuple[float, float, float] = (256.0, 256.0, 5.0)) -> Simulation:
-    """2D multislice radial or spiral acquisition through the NUFFT.
+                          fov_mm: tuple[float, float, float] | None = None) -> Simulation:
+    """Radial or spiral (2D multislice), stack-of-stars or radial3d (3D) acquisition through the NUFFT.
 
-    ``n_readouts`` (spokes or interleaves) and ``n_samples`` (per readout) override the defaults derived
-    from ``acceleration`` (see ``_trajectory``); ``acceleration`` is then recorded as given.
+    ``shape`` is (y, x) in 2D and (z, y, x) (z = partitions) in 3D, square in-plane; an int is a square or a
+    cube. ``n_readouts`` (spokes or interleaves; per partition for stack-of-stars) and ``n_samples`` (per
+    readout) override the defaults derived from ``acceleration`` (see ``_trajectory``/``_trajectory_3d``);
+    ``acceleration`` is then recorded as given. ``n_slices`` counts slices (2D) or volumes (3D);
+    ``fov_mm`` defaults to (256, 256, 5) in 2D and 256 mm in-plane with isotropic voxels in 3D.
     """
-    if trajectory not in ("radial", "spiral"):
-        raise ValueError(f"trajectory must be 'radial' or 'spiral', got {trajectory!r}")
-    matrix = _matrix(shape)
-    if matrix[0] != matrix[1]:
-        raise ValueError(f"non-Cartesian simulation needs a square matrix, got {matrix}")
+    if trajectory not in NONCARTESIAN:
+        raise ValueError(f"trajectory must be one of {', '.join(NONCARTESIAN)}, got {trajectory!r}")
+    is_3d = trajectory in TRAJECTORIES_3D
+    matrix: tuple[int, ...] = _matrix_3d(shape) if is_3d else _matrix(shape)
+    if matrix[-2] != matrix[-1]:
+        raise ValueError(f"non-Cartesian simulation needs a square in-plane matrix, got {matrix}")
     _check_common(n_coils, n_slices, noise_level, acceleration)
     phantom_seed, coil_seed, noise_seed = _seeds(seed, 3)
-    traj, per_readout, _ = _trajectory(trajectory, matrix[0], float(acceleration), n_readouts, n_samples)
+    per_partition = None
+    if is_3d:
+        traj, per_readout, per_partition = _trajectory_3d(trajectory, matrix[0], matrix[-1], float(acceleration),
+                                                          n_readouts, n_samples)
+        fov = _fov_3d(matrix, fov_mm)  # type: ignore[arg-type]
+    else:
+        traj, per_readout, _ = _trajectory(trajectory, matrix[0], float(acceleration), n_readouts, n_samples)
+        fov = tuple(fov_mm) if fov_mm is not None else (256.0, 256.0, 5.0)
 
     images = _phantoms(matrix, n_slices, phantom_seed)
-    maps = coil_sensitivities_2d(n_coils, matrix, seed=coil_seed)
+    maps = _coil_maps(n_coils, matrix, coil_seed)
     operator = NufftOp(traj, matrix, smaps=maps.unsqueeze(0), backend=backend)
     clean = torch.cat([operator.forward(image.unsqueeze(0)) for image in images]).to(torch.complex64)
     sigma = float(noise_level)
@@ -245,29 +357,9 @@ def simulate_noncartesian(trajectory: str = "radial", shape: int | tuple[int, in
                                                    64 * per_readout if with_noise_scan else None)
     return Simulation(
         kspace=kspace, ground_truth=images, smaps=maps, trajectory_type=trajectory, matrix=matrix,
-        acceleration=float(acceleration), trajectory=traj, samples_per_readout=per_readout, noise=scan,
-        noise_covariance=covariance, noise_sigma=sigma, seed=int(seed), fov_mm=tuple(fov_mm))
-
-
-def _replace_cartesian_lines(path: Path, kspace: torch.Tensor, dataset: str = "dataset") -> None:
-    """Store the simulated (oversampled, noisy) lines in place of the writer's re-padded ones.
-
-    The writer takes recon-size k-space and zero-pads the image along x; that reproduces our signal exactly
-    (the object is zero there) but not the noise in the oversampled margin, so the lines are put back as
-    simulated, matched by their slice and ky index.
-    """
-    array = kspace.detach().cpu().numpy().astype(np.complex64)
-    with h5py.File(path, "r+") as f:
-        records = f[dataset]["data"][:]
-        for i, record in enumerate(records):
-            head = record["head"]
-            if int(head["flags"]) & (1 << (ismrmrd.ACQ_IS_NOISE_MEASUREMENT - 1)):
-                continue
-            line = array[int(head["idx"]["slice"]), :, int(head["idx"]["kspace_encode_step_1"])]
-            if line.size * 2 != record["data"].size:
-                raise RuntimeError("ISMRMRD writer stored lines of an unexpected length")
-            records[i]["data"] = np.ascontiguousarray(line).view(np.float32).ravel()
-        f[dataset]["data"][...] = records
+        acceleration=float(acceleration), trajectory=traj, samples_per_readout=per_readout,
+        readouts_per_partition=per_partition, noise=scan, noise_covariance=covariance, noise_sigma=sigma,
+        seed=int(seed), fov_mm=fov)  # type: ignore[arg-type]
 
 
 def _write_ground_truth(path: Path, sim: Simulation) -> None:
@@ -299,27 +391,31 @@ def read_ground_truth(path: str | Path) -> torch.Tensor:
 
 
 def write_simulation(path: str | Path, sim: Simulation, fmt: str = "ismrmrd") -> Path:
-    """Write ``sim`` as an ISMRMRD (or fastMRI) HDF5 file, with the ground truth under ``/mrdserve``."""
+    """Write ``sim`` as an ISMRMRD (or fastMRI) HDF5 file, with the ground truth under ``/mrdserve``.
+
+    Cartesian k-space is stored exactly as simulated (oversampled readout, noise in the margin included);
+    3D Cartesian partitions become ``kspace_encode_step_2``; non-Cartesian trajectories are stored per sample.
+    """
     from models.data import ismrmrd_io
 
     path = Path(path)
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    acceleration = max(1, round(sim.acceleration))
     if fmt == "fastmri":
         _write_fastmri(path, sim)
-    elif sim.trajectory_type == "cartesian":
-        recon_kspace = remove_readout_oversampling(sim.kspace, sim.matrix[1])
+    elif sim.mask is not None:
         ismrmrd_io.write_ismrmrd_cartesian(
-            path, recon_kspace, sim.mask, sim.acs, fov_mm=sim.fov_mm,
-            readout_oversampling=sim.readout_oversampling, noise=sim.noise,
-            acceleration=max(1, round(sim.acceleration)))
-        if sim.readout_oversampling > 1:
-            _replace_cartesian_lines(path, sim.kspace)
+            path, sim.kspace, sim.mask.unsqueeze(-1), None if sim.acs is None else sim.acs.unsqueeze(-1),
+            fov_mm=sim.fov_mm, readout_oversampling=sim.readout_oversampling, kspace_is_oversampled=True,
+            noise=sim.noise, acceleration=acceleration)
     else:
+        header_type, identifier = _HEADER_TRAJECTORY[sim.trajectory_type]
         ismrmrd_io.write_ismrmrd_noncartesian(
             path, sim.kspace, sim.trajectory, int(sim.samples_per_readout or sim.kspace.shape[-1]),
-            matrix=sim.matrix, trajectory_type=sim.trajectory_type, fov_mm=sim.fov_mm, noise=sim.noise,
-            acceleration=max(1, round(sim.acceleration)))
+            matrix=sim.matrix, trajectory_type=header_type, trajectory_identifier=identifier,
+            readouts_per_partition=sim.readouts_per_partition, fov_mm=sim.fov_mm, noise=sim.noise,
+            acceleration=acceleration)
     _write_ground_truth(path, sim)
     return path
 
@@ -330,7 +426,7 @@ def _write_fastmri(path: Path, sim: Simulation) -> None:
     from models.data.fastmri import write_fastmri
 
     if sim.trajectory_type != "cartesian" or sim.mask is None or sim.acs is None:
-        raise ValueError("the fastMRI format holds Cartesian data only")
+        raise ValueError("the fastMRI format holds 2D Cartesian data only")
     ny, nx = sim.matrix
     oversampling = sim.readout_oversampling
     fov = sim.fov_mm
@@ -345,23 +441,36 @@ def _write_fastmri(path: Path, sim: Simulation) -> None:
 
 
 def simulate_to_file(path: str | Path, trajectory: str = "cartesian", coils: int = 8, acceleration: float = 4,
-                     matrix: int = 256, slices: int = 1, noise: float = 0.01, seed: int = 0,
+                     matrix: int | None = None, slices: int = 1, noise: float = 0.01, seed: int = 0,
                      fmt: str = "ismrmrd", center_fraction: float = 0.08,
                      mask_type: str = "equispaced_fraction", readout_oversampling: int = 2,
-                     noise_scan: bool = True) -> Simulation:
-    """Simulate and write in one call (the ``mrdserve simulate`` command); returns the simulation."""
+                     noise_scan: bool = True, partitions: int | None = None) -> Simulation:
+    """Simulate and write in one call (the ``mrdserve simulate`` command); returns the simulation.
+
+    ``matrix`` is the in-plane size N (default 256 in 2D, 64 for the 3D trajectories); ``partitions`` is the
+    number of z partitions of a 3D trajectory (default N, a cube); ``slices`` counts 2D slices or 3D volumes.
+    """
     if trajectory not in TRAJECTORIES:
         raise ValueError(f"trajectory must be one of {', '.join(TRAJECTORIES)}, got {trajectory!r}")
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "fastmri" and trajectory != "cartesian":
-        raise ValueError("the fastMRI format holds Cartesian data only; use --format ismrmrd for "
+        raise ValueError("the fastMRI format holds 2D Cartesian data only; use --format ismrmrd for "
                          f"{trajectory} trajectories")
+    is_3d = trajectory in TRAJECTORIES_3D
+    if partitions is not None and not is_3d:
+        raise ValueError(f"partitions applies to the 3D trajectories ({', '.join(TRAJECTORIES_3D)}) only, "
+                         f"not {trajectory!r}")
+    n = int(matrix) if matrix is not None else (DEFAULT_MATRIX_3D if is_3d else DEFAULT_MATRIX_2D)
     if trajectory == "cartesian":
-        sim = simulate_cartesian(matrix, coils, acceleration, center_fraction, mask_type, slices, noise,
+        sim = simulate_cartesian(n, coils, acceleration, center_fraction, mask_type, slices, noise,
                                  readout_oversampling, noise_scan, seed)
+    elif trajectory == "cartesian3d":
+        sim = simulate_cartesian_3d((partitions or n, n, n), coils, acceleration, center_fraction, mask_type,
+                                    slices, noise, readout_oversampling, noise_scan, seed)
     else:
-        sim = simulate_noncartesian(trajectory, matrix, coils, acceleration, n_slices=slices,
+        shape = (partitions or n, n, n) if is_3d else (n, n)
+        sim = simulate_noncartesian(trajectory, shape, coils, acceleration, n_slices=slices,
                                     noise_level=noise, with_noise_scan=noise_scan, seed=seed)
     write_simulation(path, sim, fmt)
     return sim
@@ -371,13 +480,19 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     """Register the ``mrdserve simulate`` options on ``parser``."""
     parser.add_argument("output", type=Path, help="HDF5 file to write (ISMRMRD or fastMRI layout)")
     parser.add_argument("--trajectory", choices=TRAJECTORIES, default="cartesian",
-                        help="k-space trajectory (default: cartesian)")
+                        help="k-space trajectory; cartesian3d, stack-of-stars and radial3d simulate a 3D "
+                             "volume (default: cartesian)")
     parser.add_argument("--coils", type=int, default=8, help="number of receive coils (default: 8)")
     parser.add_argument("--acceleration", type=float, default=4.0,
-                        help="undersampling factor R: ky lines for Cartesian, spokes/interleaves otherwise "
-                             "(default: 4)")
-    parser.add_argument("--matrix", type=int, default=256, help="recon matrix size N (N x N, default: 256)")
-    parser.add_argument("--slices", type=int, default=1, help="number of 2D slices (default: 1)")
+                        help="undersampling factor R: ky lines for Cartesian (every kz partition alike for "
+                             "cartesian3d), spokes/interleaves otherwise (default: 4)")
+    parser.add_argument("--matrix", type=int, default=None,
+                        help=f"in-plane recon matrix size N (N x N; default: {DEFAULT_MATRIX_2D} in 2D, "
+                             f"{DEFAULT_MATRIX_3D} in 3D)")
+    parser.add_argument("--partitions", type=int, default=None,
+                        help="z partitions of a 3D trajectory (default: N, an N^3 volume)")
+    parser.add_argument("--slices", type=int, default=1,
+                        help="number of 2D slices, or of volumes for 3D trajectories (default: 1)")
     parser.add_argument("--noise", type=float, default=0.01,
                         help="noise std per coil-image pixel relative to the peak magnitude (default: 0.01; "
                              "0 for noiseless data)")
@@ -400,7 +515,9 @@ def run_simulate(args: argparse.Namespace) -> int:
                            acceleration=args.acceleration, matrix=args.matrix, slices=args.slices,
                            noise=args.noise, seed=args.seed, fmt=args.format,
                            center_fraction=args.center_fraction, mask_type=args.mask,
-                           readout_oversampling=args.oversampling, noise_scan=not args.no_noise_scan)
-    print(f"wrote {args.output}: {sim.trajectory_type}, {sim.n_slices} slice(s), {sim.n_coils} coils, "
-          f"matrix {sim.matrix[0]}x{sim.matrix[1]}, acceleration {sim.achieved_acceleration:.2f}")
+                           readout_oversampling=args.oversampling, noise_scan=not args.no_noise_scan,
+                           partitions=getattr(args, "partitions", None))
+    what = "volume(s)" if sim.is_3d else "slice(s)"
+    print(f"wrote {args.output}: {sim.trajectory_type}, {sim.n_slices} {what}, {sim.n_coils} coils, "
+          f"matrix {'x'.join(str(n) for n in sim.matrix)}, acceleration {sim.achieved_acceleration:.2f}")
     return 0

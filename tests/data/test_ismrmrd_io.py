@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.data.acquisitions import AcquisitionAssembler
+from models.data.acquisitions import AcquisitionAssembler, remove_readout_oversampling
 from models.data.ismrmrd_io import (
     header_from_file,
     read_acquisitions,
@@ -98,6 +98,30 @@ def test_cartesian_round_trip_with_acs_oversampling_noise_and_indices(tmp_path: 
                                    atol=1e-4 * float(reference.abs().max()), rtol=0)
 
 
+def test_oversampled_kspace_is_stored_as_given(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(7)
+    mask, acs = _masks()
+    oversampled = torch.randn(2, N_COILS, NY, 2 * NX, dtype=torch.complex64, generator=generator) * mask
+    path = tmp_path / "oversampled.h5"
+    header = write_ismrmrd_cartesian(path, oversampled, mask, acs, readout_oversampling=2,
+                                     kspace_is_oversampled=True, fov_mm=(200.0, 200.0, 5.0))
+    enc = header.encoding[0]
+    assert (enc.encodedSpace.matrixSize.x, enc.reconSpace.matrixSize.x) == (2 * NX, NX)
+    assert (enc.encodedSpace.fieldOfView_mm.x, enc.reconSpace.fieldOfView_mm.x) == (400.0, 200.0)
+    _, acqs = read_acquisitions(path)
+    for acq in acqs:
+        assert acq.number_of_samples == 2 * NX and acq.center_sample == NX
+        np.testing.assert_array_equal(acq.data, oversampled[acq.idx.slice, :, acq.idx.kspace_encode_step_1])
+    _, samples = read_ismrmrd(path)
+    expected = remove_readout_oversampling(oversampled, NX)
+    for sample, reference in zip(samples, expected, strict=True):
+        assert sample.matrix == (NY, NX)
+        torch.testing.assert_close(sample.kspace, reference, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="not a multiple of readout_oversampling"):
+        write_ismrmrd_cartesian(tmp_path / "x.h5", oversampled[..., :-1], readout_oversampling=2,
+                                kspace_is_oversampled=True)
+
+
 def test_written_flags_and_encode_steps(tmp_path: Path) -> None:
     kspace = _phantom_kspace()
     mask, acs = _masks()
@@ -174,6 +198,32 @@ def test_noncartesian_round_trip(tmp_path: Path) -> None:
     _, acqs = read_acquisitions(path)
     assert acqs[0].trajectory_dimensions == 2 and acqs[0].number_of_samples == n_samples
     np.testing.assert_allclose(acqs[0].traj[:, 0], trajectory[1, :n_samples].numpy(), atol=1e-6)  # kx first
+
+
+def test_3d_stack_round_trip_numbers_spokes_per_partition(tmp_path: Path) -> None:
+    n_partitions, n_spokes, n_samples, matrix = 4, 3, 16, (4, 16, 16)
+    radius = torch.linspace(-math.pi, math.pi, n_samples + 1)[:-1]
+    angles = torch.arange(n_spokes) * math.pi / n_spokes
+    plane = torch.stack([(torch.sin(angles)[:, None] * radius).reshape(-1),
+                         (torch.cos(angles)[:, None] * radius).reshape(-1)])
+    kz = (2 * math.pi * (torch.arange(n_partitions) - n_partitions // 2) / n_partitions)
+    trajectory = torch.cat([kz.repeat_interleave(plane.shape[1])[None], plane.repeat(1, n_partitions)])
+    data = torch.randn(1, 2, trajectory.shape[1], dtype=torch.complex64, generator=torch.Generator().manual_seed(2))
+    path = tmp_path / "stack.h5"
+    header = write_ismrmrd_noncartesian(path, data, trajectory, n_samples, matrix=matrix,
+                                        trajectory_identifier="stack-of-stars", readouts_per_partition=n_spokes)
+    assert header.encoding[0].encodedSpace.matrixSize.z == n_partitions
+    assert header.encoding[0].encodingLimits.kspace_encoding_step_2.maximum == n_partitions - 1
+    _, acqs = read_acquisitions(path)
+    assert [(a.idx.kspace_encode_step_2, a.idx.kspace_encode_step_1) for a in acqs] == [
+        (p, r) for p in range(n_partitions) for r in range(n_spokes)]
+    np.testing.assert_allclose(acqs[-1].traj[:, 2], kz[-1].item(), atol=1e-6)  # stored (kx, ky, kz)
+    _, samples = read_ismrmrd(path)
+    assert samples[0].matrix == matrix
+    torch.testing.assert_close(samples[0].kspace, data[0], atol=0, rtol=0)
+    torch.testing.assert_close(samples[0].trajectory, trajectory, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="readouts_per_partition"):
+        write_ismrmrd_noncartesian(path, data, trajectory, n_samples, matrix=matrix, readouts_per_partition=5)
 
 
 def test_bad_files_raise_errors_naming_the_problem(tmp_path: Path) -> None:

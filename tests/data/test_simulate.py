@@ -6,22 +6,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import h5py
+import ismrmrd
+import numpy as np
 import pytest
 import torch
 
-from models.data.ismrmrd_io import read_ismrmrd
+from models.data.ismrmrd_io import read_acquisitions, read_ismrmrd
 from models.data.simulate import (
     add_simulate_arguments,
     read_ground_truth,
     remove_readout_oversampling,
     run_simulate,
     simulate_cartesian,
+    simulate_cartesian_3d,
     simulate_noncartesian,
     simulate_to_file,
     write_simulation,
 )
-from models.physics.fft import ifft2c
+from models.physics.fft import ifft2c, ifftnc
 from models.physics.nufft import NufftOp
 from models.physics.prewhiten import noise_covariance
 
@@ -110,8 +112,91 @@ def test_ismrmrd_file_reads_back_to_the_simulated_kspace(tmp_path: Path) -> None
         assert torch.equal(sample.mask.reshape(-1), sim.mask)
         assert torch.equal(sample.acs_mask.reshape(-1), sim.acs)
     torch.testing.assert_close(read_ground_truth(path), sim.ground_truth)
-    with h5py.File(path, "r") as f:  # the oversampled lines are stored as simulated (noise included)
-        assert f["dataset"]["data"][0]["head"]["number_of_samples"] == 64
+
+
+def test_stored_lines_are_exactly_the_simulated_oversampled_noisy_lines(tmp_path: Path) -> None:
+    sim = simulate_cartesian((32, 24), n_coils=3, acceleration=2, n_slices=2, noise_level=0.05,
+                             readout_oversampling=2, seed=4)
+    path = write_simulation(tmp_path / "lines.h5", sim)
+    _, acquisitions = read_acquisitions(path)
+    noise = [a for a in acquisitions if a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)]
+    lines = [a for a in acquisitions if not a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)]
+    assert len(lines) == 2 * int(sim.mask.sum())
+    expected = sim.kspace.numpy()
+    for acq in lines:
+        assert acq.number_of_samples == 48 and acq.center_sample == 24
+        np.testing.assert_array_equal(acq.data, expected[acq.idx.slice, :, acq.idx.kspace_encode_step_1])
+    np.testing.assert_array_equal(np.concatenate([a.data for a in noise], axis=1), sim.noise.numpy())
+    # The oversampled margin of the image holds the simulated noise, not zeros.
+    image = torch.fft.ifft(torch.fft.ifftshift(sim.kspace, dim=-1), dim=-1, norm="ortho")
+    margin = torch.fft.fftshift(image, dim=-1)[:, :, sim.mask, :12]  # x outside the central 24 pixels
+    assert float(margin.abs().square().mean().sqrt()) > 0.5 * 0.05
+
+
+def test_cartesian_3d_layout_and_ground_truth() -> None:
+    sim = simulate_cartesian_3d((8, 24, 16), n_coils=4, acceleration=2, noise_level=0.0, seed=2)
+    assert sim.is_3d and sim.matrix == (8, 24, 16) and sim.trajectory_type == "cartesian3d"
+    assert sim.kspace.shape == (1, 4, 8, 24, 32) and sim.ground_truth.shape == (1, 8, 24, 16)
+    assert sim.mask.shape == (8, 24) and sim.acs.shape == (8, 24)
+    assert bool((sim.mask == sim.mask[:1]).all()) and bool((sim.acs == sim.acs[:1]).all())  # same ky mask
+    assert abs(sim.achieved_acceleration - 2) < 0.35 and sim.fov_mm[2] == pytest.approx(256 * 8 / 24)
+    assert torch.all(sim.kspace[:, :, ~sim.mask] == 0)
+    full = simulate_cartesian_3d((8, 24, 16), n_coils=4, acceleration=1, noise_level=0.0, seed=2)
+    coil_images = ifftnc(remove_readout_oversampling(full.kspace, 16), 3)
+    torch.testing.assert_close((full.smaps.conj() * coil_images).sum(1), full.ground_truth, atol=1e-5, rtol=0)
+
+
+def test_cartesian_3d_file_reads_back_with_kz_encoding(tmp_path: Path) -> None:
+    sim = simulate_cartesian_3d((8, 16, 16), n_coils=4, acceleration=2, noise_level=0.02, seed=3)
+    path = write_simulation(tmp_path / "cart3d.h5", sim)
+    _, acquisitions = read_acquisitions(path)
+    lines = [a for a in acquisitions if not a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)]
+    assert sorted({a.idx.kspace_encode_step_2 for a in lines}) == list(range(8))
+    for acq in lines:
+        expected = sim.kspace[0, :, acq.idx.kspace_encode_step_2, acq.idx.kspace_encode_step_1].numpy()
+        np.testing.assert_array_equal(acq.data, expected)
+    _, samples = read_ismrmrd(path, prewhiten=False)
+    assert len(samples) == 1 and samples[0].matrix == (8, 16, 16)
+    torch.testing.assert_close(samples[0].kspace, remove_readout_oversampling(sim.kspace, 16)[0],
+                               atol=1e-5, rtol=0)
+    assert torch.equal(samples[0].mask[..., 0], sim.mask) and torch.equal(samples[0].acs_mask[..., 0], sim.acs)
+
+
+@pytest.mark.parametrize(("trajectory", "shape"), [("stack-of-stars", (8, 24, 24)), ("radial3d", (16, 16, 16))])
+def test_3d_noncartesian_matches_the_nufft_and_reads_back(tmp_path: Path, trajectory: str,
+                                                          shape: tuple[int, int, int]) -> None:
+    clean = simulate_noncartesian(trajectory, shape, n_coils=4, acceleration=2, noise_level=0.0, seed=5)
+    assert clean.is_3d and clean.trajectory.shape == (3, clean.kspace.shape[-1])
+    operator = NufftOp(clean.trajectory, shape, smaps=clean.smaps.unsqueeze(0))
+    torch.testing.assert_close(clean.kspace, operator.forward(clean.ground_truth), atol=1e-4, rtol=1e-4)
+
+    sim = simulate_noncartesian(trajectory, shape, n_coils=4, acceleration=2, noise_level=0.01, seed=5)
+    path = write_simulation(tmp_path / f"{trajectory}.h5", sim)
+    header, samples = read_ismrmrd(path, prewhiten=False)
+    assert header.encoding[0].encodedSpace.matrixSize.z == shape[0]
+    assert header.encoding[0].trajectoryDescription.identifier == trajectory
+    assert len(samples) == 1 and samples[0].matrix == shape and samples[0].trajectory_type == "radial"
+    torch.testing.assert_close(samples[0].kspace, sim.kspace[0], atol=0, rtol=0)
+    torch.testing.assert_close(samples[0].trajectory, sim.trajectory, atol=1e-6, rtol=0)  # wrap: 1 ulp
+
+    _, acquisitions = read_acquisitions(path)
+    data = [a for a in acquisitions if not a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)]
+    first = data[0]
+    assert first.trajectory_dimensions == 3 and first.number_of_samples == 2 * shape[-1]
+    np.testing.assert_allclose(first.traj, sim.trajectory[:, :first.number_of_samples].numpy()[::-1].T)
+    if trajectory == "stack-of-stars":  # spokes numbered within their kz partition
+        assert sorted({a.idx.kspace_encode_step_2 for a in data}) == list(range(shape[0]))
+        assert max(a.idx.kspace_encode_step_1 for a in data) + 1 == sim.readouts_per_partition
+        assert all(np.ptp(a.traj[:, 2]) == 0 for a in data)  # kz is constant along a spoke
+
+
+def test_3d_defaults_follow_acceleration() -> None:
+    stars = simulate_noncartesian("stack-of-stars", (8, 16, 16), n_coils=1, acceleration=2, noise_level=0.0)
+    assert stars.readouts_per_partition == round(torch.pi / 2 * 16 / 2)
+    assert stars.kspace.shape[-1] == 8 * stars.readouts_per_partition * 32
+    koosh = simulate_noncartesian("radial3d", 16, n_coils=1, acceleration=4, noise_level=0.0)
+    assert koosh.matrix == (16, 16, 16)
+    assert koosh.kspace.shape[-1] == round(torch.pi / 2 * 16 * 16 / 4) * 32
 
 
 def test_noncartesian_file_reads_back(tmp_path: Path) -> None:
@@ -134,6 +219,19 @@ def test_cli_arguments_write_a_file(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert samples[0].n_coils == 2 and samples[0].matrix == (32, 32)
 
 
+@pytest.mark.parametrize("trajectory", ["cartesian3d", "stack-of-stars", "radial3d"])
+def test_cli_writes_3d_files(tmp_path: Path, trajectory: str, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = add_simulate_arguments(argparse.ArgumentParser())
+    out = tmp_path / "cli3d.h5"
+    args = parser.parse_args([str(out), "--trajectory", trajectory, "--coils", "2", "--matrix", "16",
+                              "--partitions", "8", "--acceleration", "4"])
+    assert run_simulate(args) == 0
+    assert "8x16x16" in capsys.readouterr().out
+    _, samples = read_ismrmrd(out)
+    assert len(samples) == 1 and samples[0].matrix == (8, 16, 16)
+    assert read_ground_truth(out).shape == (1, 8, 16, 16)
+
+
 def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="trajectory"):
         simulate_to_file(tmp_path / "x.h5", trajectory="rosette")
@@ -145,6 +243,12 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
         simulate_cartesian((32, 32), n_coils=0)
     with pytest.raises(ValueError, match="square"):
         simulate_noncartesian("radial", (32, 48))
+    with pytest.raises(ValueError, match="partitions"):
+        simulate_to_file(tmp_path / "x.h5", trajectory="cartesian", matrix=32, partitions=8)
+    with pytest.raises(ValueError, match="fastMRI"):
+        simulate_to_file(tmp_path / "x.h5", trajectory="cartesian3d", fmt="fastmri")
+    with pytest.raises(ValueError, match=r"\(z, y, x\)"):
+        simulate_cartesian_3d((4, 16, 16))
 
 
 def test_fastmri_file_reads_back(tmp_path: Path) -> None:
