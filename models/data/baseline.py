@@ -2,7 +2,7 @@
 fallback when no artifact fits.
 
 - Cartesian, fully sampled or without calibration data: zero-filled root-sum-of-squares ("rss").
-- Cartesian, undersampled multicoil with ACS lines: CG-SENSE with sensitivities estimated from the ACS.
+- Cartesian, undersampled multicoil with ACS lines: CG-SENSE with ESPIRiT sensitivities from the ACS.
 - Non-Cartesian: density-compensated adjoint ("adjoint"), or density-preconditioned CG-SENSE with
   sensitivities from the central samples for undersampled multicoil data.
 Images come back as magnitudes cropped to the header's recon matrix.
@@ -20,10 +20,11 @@ from models.physics.classical import (
     noncartesian_cg_sense,
     rss,
 )
-from models.physics.density import pipe_menon_density
+from models.physics.density import normalise_density, pipe_menon_density
+from models.physics.espirit import espirit
 from models.physics.fft import ifftnc
 from models.physics.nufft import NufftOp
-from models.physics.sensitivities import sensitivities_from_acs, sensitivities_noncartesian
+from models.physics.sensitivities import sensitivities_noncartesian
 
 METHODS = ("auto", "rss", "adjoint", "cg-sense")
 
@@ -66,15 +67,16 @@ def _cartesian(sample: KSpaceSample, method: str, device: torch.device, n_iter: 
     if sample.acs_mask is None or not bool(sample.acs_mask.any()):
         raise ValueError("CG-SENSE needs calibration (ACS) lines to estimate coil sensitivities; none found")
     mask = (sample.mask if sample.mask is not None else (kspace.abs().sum(1) > 0)).to(device)
-    smaps = sensitivities_from_acs(kspace, sample.acs_mask.to(device))
+    smaps = espirit(kspace, sample.acs_mask.to(device))
     return cartesian_cg_sense(kspace, mask, smaps, n_iter=n_iter)[0].abs()
 
 
 def _noncartesian(sample: KSpaceSample, method: str, device: torch.device, n_iter: int) -> torch.Tensor:
     trajectory = sample.trajectory.to(device)
-    density = sample.density
-    if density is None:
+    if sample.density is None:
         density = pipe_menon_density(trajectory, sample.matrix, device=device)
+    else:  # the acquisition's own weights (e.g. ISMRMRD's third trajectory column) come in any scale
+        density = normalise_density(sample.density.to(device), trajectory, sample.matrix)
     data = sample.kspace.to(device).unsqueeze(0)
     coil_op = NufftOp(trajectory, sample.matrix, density=density.to(device))
     if method == "adjoint":

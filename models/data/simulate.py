@@ -288,7 +288,8 @@ def _trajectory(kind: str, n: int, acceleration: float, n_readouts: int | None,
     """(trajectory (2, K), samples per readout, readouts) for a radial or spiral acquisition of an n x n grid.
 
     Defaults: radial has pi/2 * n / R spokes of 2n samples (2x readout oversampling); spiral has
-    max(4, n // 8) / R interleaves with the turns that make the full set Nyquist, and enough samples.
+    max(4, n // 8) / R interleaves with the turns that make the full set Nyquist, and enough samples;
+    an accelerated spiral is variable-density (Nyquist centre, R-fold undersampled periphery).
     """
     if kind == "radial":
         readouts = n_readouts or max(1, round(math.pi / 2 * n / acceleration))
@@ -298,7 +299,11 @@ def _trajectory(kind: str, n: int, acceleration: float, n_readouts: int | None,
     readouts = n_readouts or max(1, round(full_interleaves / acceleration))
     turns = spiral_turns_for_nyquist(n, full_interleaves)
     samples = n_samples or math.ceil(math.pi * turns * n)
-    return spiral_2d(readouts, samples, matrix=n, n_turns=turns), samples, readouts
+    if readouts >= full_interleaves:
+        return spiral_2d(readouts, samples, matrix=n, n_turns=turns), samples, readouts
+    # Accelerated: variable density keeps the centre Nyquist-sampled, so coil maps can come from it.
+    undersampled = spiral_2d(readouts, samples, matrix=n, undersampling=full_interleaves / readouts)
+    return undersampled, samples, readouts
 
 
 def _trajectory_3d(kind: str, n_partitions: int, n: int, acceleration: float, n_readouts: int | None,

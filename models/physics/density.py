@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from models.physics.nufft import nufft_adjoint, nufft_forward
+from models.physics.nufft import LruCache, nufft_adjoint, nufft_forward, trajectory_hash
 
 
 def _gridding_pair(trajectory: torch.Tensor, image_shape: tuple[int, ...], kernel_eps: float) -> tuple:
@@ -28,19 +28,35 @@ def _gridding_pair(trajectory: torch.Tensor, image_shape: tuple[int, ...], kerne
     return plan.execute, plan.execute_adjoint
 
 
+DENSITY_WEIGHTS = LruCache(8)  # every slice of a scan shares its trajectory: compute its weights once
+
+
+def _check_trajectory(trajectory: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if trajectory.dim() != 2 or trajectory.shape[0] != len(shape) or trajectory.is_complex():
+        raise ValueError(f"trajectory must be real ({len(shape)}, K) for image_shape {shape}, "
+                         f"got {trajectory.dtype} {tuple(trajectory.shape)}")
+
+
 def pipe_menon_density(trajectory: torch.Tensor, image_shape: tuple[int, ...], n_iter: int = 10,
                        device: torch.device | str | None = None, kernel_eps: float = 1e-3) -> torch.Tensor:
     """Density-compensation weights ``(K,)`` float32 for ``trajectory (d, K)`` and the given image matrix.
 
     ``kernel_eps`` picks the width of finufft's gridding kernel; 1e-3 flattened the PSF best in our tests.
+    Results are cached per (trajectory values, shape, n_iter, kernel_eps) in ``DENSITY_WEIGHTS`` and
+    returned as fresh tensors.
     """
     shape = tuple(int(n) for n in image_shape)
-    if trajectory.dim() != 2 or trajectory.shape[0] != len(shape) or trajectory.is_complex():
-        raise ValueError(f"trajectory must be real ({len(shape)}, K) for image_shape {shape}, "
-                         f"got {trajectory.dtype} {tuple(trajectory.shape)}")
+    _check_trajectory(trajectory, shape)
     if not isinstance(n_iter, int) or n_iter < 1:
         raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
     device = trajectory.device if device is None else torch.device(device)
+    key = (trajectory_hash(trajectory), shape, n_iter, float(kernel_eps))
+    weights = DENSITY_WEIGHTS.get_or_create(key, lambda: _pipe_menon(trajectory, shape, n_iter, kernel_eps))
+    return weights.to(device=device, dtype=torch.float32, copy=True)
+
+
+def _pipe_menon(trajectory: torch.Tensor, shape: tuple[int, ...], n_iter: int, kernel_eps: float) -> torch.Tensor:
+    """The iteration itself, then the centre normalisation; float32 on the CPU."""
     spread, interpolate = _gridding_pair(trajectory, shape, kernel_eps)
     weights = np.ones(trajectory.shape[1], dtype=np.complex128)
     for _ in range(n_iter):
@@ -48,7 +64,27 @@ def pipe_menon_density(trajectory: torch.Tensor, image_shape: tuple[int, ...], n
         weights = weights / np.maximum(blurred, 1e-12)
     weights_t = torch.from_numpy(weights.real.copy())
     weights_t = weights_t / _centre_response(trajectory, shape, weights_t)
-    return weights_t.to(device=device, dtype=torch.float32)
+    return weights_t.to(torch.float32)
+
+
+def normalise_density(weights: torch.Tensor, trajectory: torch.Tensor, image_shape: tuple[int, ...],
+                      ) -> torch.Tensor:
+    """Rescale any density weights ``(K,)`` (e.g. an acquisition's own) so A^H D A 1 is ~1 in the image centre.
+
+    The same normalisation as ``pipe_menon_density``, so externally supplied weights and ours agree in scale
+    (the adjoint and CG-SENSE preconditioning assume it). Returns float32 on ``weights``' device.
+    """
+    shape = tuple(int(n) for n in image_shape)
+    _check_trajectory(trajectory, shape)
+    if weights.is_complex() or weights.numel() != trajectory.shape[1]:
+        raise ValueError(f"density weights must be real with {trajectory.shape[1]} values (one per sample), "
+                         f"got {weights.dtype} {tuple(weights.shape)}")
+    flat = weights.detach().reshape(-1).to("cpu", torch.float64)
+    response = _centre_response(trajectory, shape, flat)
+    if not response > 0:
+        raise ValueError(f"density weights give a non-positive centre response ({response:.3g}); "
+                         "they cannot be normalised")
+    return (flat / response).to(device=weights.device, dtype=torch.float32)
 
 
 def _centre_response(trajectory: torch.Tensor, shape: tuple[int, ...], weights: torch.Tensor) -> float:

@@ -16,6 +16,10 @@ import torch
 
 from models.physics.fft import ifftnc
 
+# The calibration region must be at least this many kernel widths across (see effective_kernel_size).
+CALIB_WIDTH_PER_KERNEL = 2.5
+KERNEL_FLOOR = 3
+
 
 def calibration_region(kspace: torch.Tensor, acs_mask: torch.Tensor, n_spatial: int,
                        calib_size: int) -> torch.Tensor:
@@ -44,6 +48,18 @@ def calibration_region(kspace: torch.Tensor, acs_mask: torch.Tensor, n_spatial: 
     if not bool(inside.all()):
         raise ValueError("the ACS block is not a fully sampled rectangle around the k-space centre")
     return region
+
+
+def effective_kernel_size(kernel_size: int, calib_shape: tuple[int, ...]) -> int:
+    """Kernel width used for a calibration region: ``min(kernel_size, max(3, floor(w / 2.5)))``, w its narrowest side.
+
+    A kernel wider than ~40% of the calibration width leaves too few shifted patches along that side to pin
+    down the kernel subspace: the eigenvalues inside the object fall below the crop threshold and the maps
+    get cut (measured at 128^2, 8 coils, 10 ACS lines: kernel 6 cropped 10% of the object, CG-SENSE 13 dB;
+    kernel 4: 28 dB, as good as the true maps).
+    """
+    narrowest = min(calib_shape)
+    return min(kernel_size, max(KERNEL_FLOOR, math.floor(narrowest / CALIB_WIDTH_PER_KERNEL)))
 
 
 def _hankel(calib: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -100,19 +116,21 @@ def _image_space_operator(basis: torch.Tensor, n_coils: int, kernel_size: int,
 
 def espirit(kspace: torch.Tensor, acs_mask: torch.Tensor, kernel_size: int = 6, threshold: float = 0.02,
             eigen_threshold: float = 0.95, n_maps: int = 1, calib_size: int = 24,
-            reference_coil: int | None = None) -> torch.Tensor:
+            reference_coil: int | None = None, adapt_kernel: bool = True) -> torch.Tensor:
     """ESPIRiT sensitivities from k-space ``[B, C, (kz,) ky, kx]`` and its ACS mask.
 
     Args:
         kspace: complex multicoil k-space (2 or 3 spatial dimensions).
         acs_mask: bool mask broadcastable to k-space, True on the fully sampled centre block.
-        kernel_size: calibration kernel width per dimension.
+        kernel_size: calibration kernel width per dimension (the largest used, see ``adapt_kernel``).
         threshold: keep singular vectors with singular value >= threshold * the largest.
         eigen_threshold: zero the maps where their eigenvalue is below it (outside the object).
         n_maps: number of eigenvector sets; 1 returns ``[B, C, *spatial]``, more return
             ``[B, M, C, *spatial]``.
         calib_size: the calibration region is the ACS block cropped to at most this width per dimension.
         reference_coil: coil whose phase is removed from all maps; None picks the strongest coil.
+        adapt_kernel: shrink the kernel to ``effective_kernel_size`` of the calibration region (narrow ACS);
+            False uses ``kernel_size`` as given.
     Returns:
         complex64 maps, unit RSS where kept.
     """
@@ -131,9 +149,11 @@ def espirit(kspace: torch.Tensor, acs_mask: torch.Tensor, kernel_size: int = 6, 
         raise ValueError(f"reference_coil must lie in [0, {n_coils}), got {reference_coil}")
     n_spatial = kspace.dim() - 2
     image_shape = tuple(kspace.shape[-n_spatial:])
+    calib = calibration_region(kspace, acs_mask, n_spatial, calib_size)
+    if adapt_kernel:
+        kernel_size = effective_kernel_size(kernel_size, tuple(calib.shape[2:]))
     if min(image_shape) < 2 * kernel_size - 1:
         raise ValueError(f"image shape {image_shape} is too small for kernel_size {kernel_size}")
-    calib = calibration_region(kspace, acs_mask, n_spatial, calib_size)
     if min(calib.shape[2:]) < kernel_size:
         raise ValueError(
             f"calibration region {tuple(calib.shape[2:])} is smaller than kernel_size {kernel_size}; "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 GOLDEN_ANGLE_RAD = math.pi * 2.0 / (1.0 + math.sqrt(5.0))  # 111.246 degrees: 180 deg / golden ratio
@@ -63,8 +64,37 @@ def spiral_turns_for_nyquist(matrix: int, n_interleaves: int) -> int:
     return max(1, math.ceil(matrix / (2 * n_interleaves)))
 
 
+def spiral_spacing_factor(rho: torch.Tensor, undersampling: float, center_fraction: float) -> torch.Tensor:
+    """Turn spacing relative to Nyquist at k radius ``rho`` (fraction of k_max) of a variable-density spiral.
+
+    1 for ``rho <= center_fraction``, ``undersampling`` beyond ``2 * center_fraction``, and a raised-cosine
+    ramp between the two (the ramp ends at k_max at the latest).
+    """
+    ramp = max(min(center_fraction, 1.0 - center_fraction), 1e-6)
+    position = ((rho - center_fraction) / ramp).clamp(0.0, 1.0)
+    return 1.0 + (undersampling - 1.0) * 0.5 * (1.0 - torch.cos(math.pi * position))
+
+
+def _variable_density_radius(n_interleaves: int, matrix: int, undersampling: float, center_fraction: float,
+                             n_samples: int) -> tuple[torch.Tensor, float]:
+    """Radius (fraction of k_max) at ``n_samples`` equal angle steps, and the total angle, of a VD spiral.
+
+    Adjacent turns of all interleaves are ``2 pi f(rho) / matrix`` apart, so along one interleave
+    ``d theta / d rho = pi matrix / (n_interleaves f(rho))``, integrated on a fine grid and inverted.
+    """
+    rho_grid = torch.linspace(0.0, 1.0, 8193, dtype=torch.float64)
+    rate = math.pi * matrix / (n_interleaves * spiral_spacing_factor(rho_grid, undersampling, center_fraction))
+    steps = 0.5 * (rate[1:] + rate[:-1]) * (rho_grid[1] - rho_grid[0])
+    theta_grid = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(steps, 0)])
+    total = float(theta_grid[-1])
+    theta = torch.linspace(0.0, total, n_samples, dtype=torch.float64)
+    rho = torch.from_numpy(np.interp(theta.numpy(), theta_grid.numpy(), rho_grid.numpy()))
+    return rho, total
+
+
 def spiral_2d(n_interleaves: int = 16, n_samples: int = 2048, matrix: int = 128,
-              n_turns: int | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+              n_turns: int | None = None, device: torch.device | str = "cpu", undersampling: float = 1.0,
+              center_fraction: float = 0.15) -> torch.Tensor:
     """Multi-shot Archimedean spiral ``(2, n_interleaves * n_samples)`` from the centre out to k_max = pi.
 
     Interleave ``s`` is ``k(t) = pi t exp(i (2 pi n_turns t + 2 pi s / n_interleaves))``, t uniform in [0, 1]
@@ -72,16 +102,38 @@ def spiral_2d(n_interleaves: int = 16, n_samples: int = 2048, matrix: int = 128,
     at Nyquist radially (``ceil(matrix / (2 n_interleaves))``); along the readout the edge spacing is
     ``2 pi^2 n_turns / n_samples``, within Nyquist when ``n_samples >= pi n_turns matrix``. The defaults
     (16 x 2048, matrix 128: 4 turns) satisfy both.
+
+    Variable density (``undersampling > 1``): the given interleaves sample the centre, out to
+    ``center_fraction`` of k_max, at Nyquist for ``matrix``; beyond ``2 * center_fraction`` adjacent turns are
+    ``undersampling`` times the Nyquist distance apart, with a raised-cosine ramp between
+    (``spiral_spacing_factor``). The turns then follow from that spacing (``n_turns`` must stay None); the
+    angular rate is still constant. With ``n_interleaves = full / R`` and ``undersampling = R`` an
+    R-fold accelerated spiral keeps a Nyquist-sampled centre for coil calibration, at the price of
+    ``1 + c (R + sqrt(R) - 2)`` times the turns of the uniform R-fold spiral (c = center_fraction; 1.6 at
+    R = 4 and the default c), so give it that many more ``n_samples`` to keep the readout spacing.
     """
     _check_positive("n_interleaves", n_interleaves)
     _check_positive("n_samples", n_samples)
     _check_positive("matrix", matrix)
-    turns = spiral_turns_for_nyquist(matrix, n_interleaves) if n_turns is None else n_turns
-    _check_positive("n_turns", turns)
-    t = torch.linspace(0.0, 1.0, n_samples, dtype=torch.float64)
-    radius = math.pi * t
-    base_angle = 2.0 * math.pi * turns * t
+    if not undersampling >= 1.0:
+        raise ValueError(f"undersampling must be >= 1, got {undersampling}")
+    if not 0.0 < center_fraction < 1.0:
+        raise ValueError(f"center_fraction must lie in (0, 1), got {center_fraction}")
     rotation = 2.0 * math.pi * torch.arange(n_interleaves, dtype=torch.float64) / n_interleaves
+    if undersampling > 1.0:
+        if n_turns is not None:
+            raise ValueError("n_turns must be None for a variable-density spiral (undersampling > 1): "
+                             "the turns follow from the spacing")
+        rho, total_angle = _variable_density_radius(n_interleaves, matrix, undersampling, center_fraction,
+                                                    n_samples)
+        radius = math.pi * rho
+        base_angle = torch.linspace(0.0, total_angle, n_samples, dtype=torch.float64)
+    else:
+        turns = spiral_turns_for_nyquist(matrix, n_interleaves) if n_turns is None else n_turns
+        _check_positive("n_turns", turns)
+        t = torch.linspace(0.0, 1.0, n_samples, dtype=torch.float64)
+        radius = math.pi * t
+        base_angle = 2.0 * math.pi * turns * t
     angle = base_angle[None, :] + rotation[:, None]
     ky = radius[None, :] * angle.sin()
     kx = radius[None, :] * angle.cos()

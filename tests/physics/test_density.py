@@ -90,3 +90,42 @@ def test_three_dimensional_stack_of_stars() -> None:
     kernel = toeplitz_kernel(traj, shape, pipe_menon_density(traj, shape))
     response = toeplitz_apply(torch.ones(shape, dtype=torch.complex64), kernel)
     assert (response[3:5, 6:10, 6:10].real - 1).abs().max() < 0.05
+
+
+def test_weights_are_cached_per_trajectory_and_returned_as_copies() -> None:
+    from models.physics.density import DENSITY_WEIGHTS
+
+    traj = radial_2d(12, 32)
+    DENSITY_WEIGHTS.clear()
+    first = pipe_menon_density(traj, (16, 16), n_iter=3)
+    assert len(DENSITY_WEIGHTS) == 1
+    first_copy = first.clone()
+    first.mul_(7.0)  # callers may modify what they get
+    again = pipe_menon_density(traj.clone(), (16, 16), n_iter=3)  # equal values, different tensor
+    assert len(DENSITY_WEIGHTS) == 1
+    assert torch.equal(again, first_copy)
+    pipe_menon_density(traj, (16, 16), n_iter=4)
+    pipe_menon_density(traj, (16, 16), n_iter=3, kernel_eps=1e-4)
+    assert len(DENSITY_WEIGHTS) == 3
+
+
+@pytest.mark.parametrize("name", sorted(TRAJECTORIES))
+def test_normalise_density_undoes_any_scale(name: str) -> None:
+    from models.physics.density import normalise_density
+
+    traj = TRAJECTORIES[name]
+    weights = pipe_menon_density(traj, SHAPE)
+    for scale in (1e-3, 1.0, 250.0):
+        restored = normalise_density(weights * scale, traj, SHAPE)
+        assert restored.dtype == torch.float32
+        assert torch.allclose(restored, weights, rtol=1e-4)
+
+
+def test_normalise_density_validation() -> None:
+    from models.physics.density import normalise_density
+
+    traj = radial_2d(10, 16)
+    with pytest.raises(ValueError, match="one per sample"):
+        normalise_density(torch.ones(7), traj, (8, 8))
+    with pytest.raises(ValueError, match="non-positive"):
+        normalise_density(torch.zeros(160), traj, (8, 8))
