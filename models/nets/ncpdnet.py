@@ -1,0 +1,189 @@
+"""NC-PDNet: density-compensated unrolled network for 2D/3D non-Cartesian MRI (Ramzi et al., IEEE TMI 2022).
+
+Primal-only unrolling with a buffer of ``n_primal`` image iterates, all initialised with the
+density-compensated adjoint ``A^H D y`` (as the reference implementation does). Each iteration computes the
+gradient ``A^H D (A x_1 - y) = A^H D A x_1 - A^H D y`` with the Toeplitz kernel (D inside) and updates the
+buffer with a small CNN on ``[buffer, gradient]`` (real and imaginary parts as channels), residually. The
+output is the magnitude of the first buffer image.
+
+Exported form: ``forward(adjoint [B, *S, 2], kernel, smaps [B, C, *S, 2] (multicoil only)) -> [B, *S]``
+with ``kernel`` either ``[*2S, 2]``, shared by the batch (slices of one trajectory), or ``[B, *2S, 2]``, one
+per sample (different trajectories in one batch, and the layout the dynamic-batch ONNX export uses). Only
+FFTs, convolutions and pointwise ops inside, so it scripts and exports to ONNX. ``forward_nufft`` is the
+reference form with the same weights that applies the NUFFT every iteration (training ablations, checks).
+
+With ``refine_sensitivities`` the exported form's refined maps enter the normal operator ``A^H D A`` only;
+its data term ``A^H D y`` is the preparation's (unrefined maps), since the network never sees k-space, while
+``forward_nufft`` uses the refined maps throughout (the reference). The two agree without refinement.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
+
+if TYPE_CHECKING:
+    from models.physics.nufft import NufftOp
+
+
+class ImageCorrection(nn.Module):
+    """conv3x3(f)-ReLU-conv3x3(f)-ReLU-conv3x3(2 n_primal) on [buffer, gradient]; residual on the buffer."""
+
+    def __init__(self, n_primal: int, n_filters: int, n_dims: int) -> None:
+        super().__init__()
+        conv = nn.Conv2d if n_dims == 2 else nn.Conv3d
+        self.n_primal = n_primal
+        self.layers = nn.Sequential(
+            conv(2 * (n_primal + 1), n_filters, 3, padding=1),
+            nn.ReLU(),
+            conv(n_filters, n_filters, 3, padding=1),
+            nn.ReLU(),
+            conv(n_filters, 2 * n_primal, 3, padding=1),
+        )
+
+    def forward(self, buffer: torch.Tensor, gradient_re: torch.Tensor, gradient_im: torch.Tensor) -> torch.Tensor:
+        """Real channel ``buffer [B, 2 n_primal, *S]`` (real parts, then imaginary) -> updated buffer."""
+        n = self.n_primal
+        stacked = torch.cat([buffer[:, :n], gradient_re.unsqueeze(1), buffer[:, n:], gradient_im.unsqueeze(1)],
+                            dim=1)
+        return buffer + self.layers(stacked)
+
+
+class NCPDNet(nn.Module):
+    """NC-PDNet; defaults are the 2D paper setup (10 iterations, buffer 5, 32 filters: 156,260 parameters).
+
+    Args:
+        n_dims: 2 or 3 spatial dimensions (3D uses Conv3d; the paper uses n_iter 6, n_primal 2, 16 filters,
+            see ``ncpdnet_3d``).
+        multicoil: take sensitivities and use ``sum_c conj(S_c) T(S_c x)`` as the normal operator.
+        refine_sensitivities: refine the maps with the small ``SensitivityRefiner`` (multicoil only).
+    """
+
+    def __init__(self, n_iter: int = 10, n_primal: int = 5, n_filters: int = 32, n_dims: int = 2,
+                 multicoil: bool = False, refine_sensitivities: bool = False) -> None:
+        super().__init__()
+        if n_dims not in (2, 3):
+            raise ValueError(f"n_dims must be 2 or 3, got {n_dims!r}")
+        for name, value in (("n_iter", n_iter), ("n_primal", n_primal), ("n_filters", n_filters)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if refine_sensitivities and not multicoil:
+            raise ValueError("refine_sensitivities needs multicoil=True")
+        self.n_iter = n_iter
+        self.n_primal = n_primal
+        self.n_dims = n_dims
+        self.multicoil = multicoil
+        self.refine_sensitivities = refine_sensitivities
+        self.image_nets = nn.ModuleList(ImageCorrection(n_primal, n_filters, n_dims) for _ in range(n_iter))
+        if refine_sensitivities:
+            from models.nets.sensitivity_refiner import SensitivityRefiner
+
+            self.refiner: nn.Module = SensitivityRefiner(preset="small", dim=n_dims)
+        else:
+            self.refiner = nn.Identity()
+
+    def _toeplitz(self, re: torch.Tensor, im: torch.Tensor, kernel_re: torch.Tensor,
+                  kernel_im: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Toeplitz product of ``re + i im [..., *S]`` with a kernel broadcastable to ``[..., *2S]``.
+
+        Same maths as ``models.physics.toeplitz.toeplitz_apply``, with complex tensors only around the FFTs:
+        the ONNX exporter handles complex FFTs but not complex slicing, padding or products.
+        """
+        dims: list[int] = []
+        pad: list[int] = []
+        for i in range(self.n_dims):
+            dims.append(re.dim() - self.n_dims + i)
+        for i in range(self.n_dims - 1, -1, -1):
+            size = re.shape[dims[i]]
+            pad.extend([0, kernel_re.shape[kernel_re.dim() - self.n_dims + i] - size])
+        spectrum = torch.fft.fftn(torch.complex(functional.pad(re, pad), functional.pad(im, pad)), dim=dims)
+        product_re = spectrum.real * kernel_re - spectrum.imag * kernel_im
+        product_im = spectrum.real * kernel_im + spectrum.imag * kernel_re
+        result = torch.fft.ifftn(torch.complex(product_re, product_im), dim=dims)
+        out_re = result.real
+        out_im = result.imag
+        for i in range(self.n_dims):
+            out_re = out_re.narrow(dims[i], 0, re.shape[dims[i]])
+            out_im = out_im.narrow(dims[i], 0, re.shape[dims[i]])
+        return out_re, out_im
+
+    def _normal(self, re: torch.Tensor, im: torch.Tensor, kernel: torch.Tensor,
+                smaps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A^H D A of the image ``re + i im [B, *S]``; real ``kernel [(B,) *2S, 2]``, ``smaps [B, C, *S, 2]``."""
+        kernel_re = kernel[..., 0]
+        kernel_im = kernel[..., 1]
+        if smaps is None:
+            return self._toeplitz(re, im, kernel_re, kernel_im)
+        if kernel.dim() == self.n_dims + 2:  # one kernel per sample: broadcast over coils
+            kernel_re = kernel_re.unsqueeze(1)
+            kernel_im = kernel_im.unsqueeze(1)
+        s_re = smaps[..., 0]
+        s_im = smaps[..., 1]
+        x_re = re.unsqueeze(1)
+        x_im = im.unsqueeze(1)
+        coils_re, coils_im = self._toeplitz(s_re * x_re - s_im * x_im, s_re * x_im + s_im * x_re,
+                                            kernel_re, kernel_im)
+        return (s_re * coils_re + s_im * coils_im).sum(1), (s_re * coils_im - s_im * coils_re).sum(1)
+
+    def _check_inputs(self, adjoint: torch.Tensor, kernel: torch.Tensor, smaps: torch.Tensor | None) -> None:
+        if adjoint.dim() != self.n_dims + 2 or adjoint.shape[-1] != 2:
+            raise ValueError(f"adjoint must be real [B, *S, 2] with {self.n_dims} spatial dims")
+        if kernel.dim() not in (self.n_dims + 1, self.n_dims + 2) or kernel.shape[-1] != 2:
+            raise ValueError(f"kernel must be real [*2S, 2] or [B, *2S, 2] with {self.n_dims} spatial dims")
+        if self.multicoil:
+            if smaps is None:
+                raise ValueError("smaps is required by a multicoil NC-PDNet")
+            if smaps.dim() != self.n_dims + 3 or smaps.shape[-1] != 2:
+                raise ValueError(f"smaps must be real [B, C, *S, 2] with {self.n_dims} spatial dims")
+        elif smaps is not None:
+            raise ValueError("a single-coil NC-PDNet takes no smaps")
+
+    def forward(self, adjoint: torch.Tensor, kernel: torch.Tensor,
+                smaps: torch.Tensor | None = None) -> torch.Tensor:
+        """Magnitude ``[B, *S]`` from the prepared real ``adjoint``, ``kernel`` and (multicoil) ``smaps``."""
+        self._check_inputs(adjoint, kernel, smaps)
+        if smaps is not None:
+            smaps = self.refiner(smaps)
+        adjoint_re = adjoint[..., 0]
+        adjoint_im = adjoint[..., 1]
+        n = self.n_primal
+        buffer = torch.stack([adjoint_re] * n + [adjoint_im] * n, dim=1)
+        for image_net in self.image_nets:
+            normal_re, normal_im = self._normal(buffer[:, 0], buffer[:, n], kernel, smaps)
+            buffer = image_net(buffer, normal_re - adjoint_re, normal_im - adjoint_im)
+        return torch.sqrt(buffer[:, 0] * buffer[:, 0] + buffer[:, n] * buffer[:, n])
+
+    def forward_nufft(self, data: torch.Tensor, op: NufftOp) -> torch.Tensor:
+        """Reference form: gradient ``A^H D (A x_1 - data)`` by NUFFTs each iteration (same weights; no export).
+
+        ``data`` is complex ``[B, C, K]`` (scaled as the preparation scales it); ``op`` carries the trajectory,
+        density and, for multicoil, complex sensitivities ``[B, C, *S]``. Refined maps (when asked) serve every
+        NUFFT here, initial adjoint included, as in the reference implementation.
+        """
+        from models.physics.nufft import NufftOp
+
+        if self.multicoil and op.smaps is None:
+            raise ValueError("op.smaps is required by a multicoil NC-PDNet")
+        if not self.multicoil and op.smaps is not None:
+            raise ValueError("a single-coil NC-PDNet takes an op without smaps")
+        if self.refine_sensitivities:
+            refined = real_to_complex(self.refiner(torch.view_as_real(op.smaps)))
+            op = NufftOp(op.trajectory, op.image_shape, smaps=refined, density=op.density,
+                         backend=op.backend, eps=op.eps)
+        adjoint = op.adjoint(data, weighted=True)
+        n = self.n_primal
+        buffer = complex_to_channels(torch.stack([adjoint] * n, dim=1))
+        for image_net in self.image_nets:
+            gradient = op.adjoint(op.forward(torch.complex(buffer[:, 0], buffer[:, n])) - data, weighted=True)
+            buffer = image_net(buffer, gradient.real, gradient.imag)
+        return magnitude(channels_to_complex(buffer)[:, 0])
+
+
+def ncpdnet_3d(multicoil: bool = False, n_iter: int = 6, n_primal: int = 2, n_filters: int = 16) -> NCPDNet:
+    """The 3D NC-PDNet of the paper: Conv3d, 6 iterations, buffer of 2, 16 filters."""
+    return NCPDNet(n_iter=n_iter, n_primal=n_primal, n_filters=n_filters, n_dims=3, multicoil=multicoil)

@@ -1,0 +1,79 @@
+"""XPDNet (Ramzi, Starck, Ciuciu 2020): unrolled primal-only network for Cartesian multicoil MRI.
+
+A buffer of ``n_primal`` images starts as n_primal copies of the SENSE adjoint A^H y (as in the reference
+``CrossDomainNet``). Each iteration computes the gradient A^H(A x_1 - y) of the data term at the first buffer
+image and updates the buffer residually with an MWCNN applied to [buffer, gradient] as real/imaginary channels.
+Sensitivities, optionally refined once by a per-coil U-Net, enter only through the SENSE operator.
+Output: |x_1|.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
+from models.nets.mwcnn import MWCNN
+from models.nets.sensitivity_refiner import SensitivityRefiner
+from models.physics.fft import fftnc, ifftnc
+
+ImageNetFactory = Callable[[int, int], nn.Module]
+
+
+def mwcnn_factory(preset: str) -> ImageNetFactory:
+    """Factory of MWCNN image nets of ``preset`` ("small", "medium", "big") for given in/out channels; the
+    residual connection is XPDNet's own buffer update, so the MWCNN has none."""
+
+    def build(in_channels: int, out_channels: int) -> nn.Module:
+        return MWCNN.from_preset(preset, in_channels, out_channels, residual=False)
+
+    return build
+
+
+class XPDNet(nn.Module):
+    """XPDNet.
+
+    ``forward(kspace [B, C, ky, kx, 2], mask [B, 1, ky, kx] float, smaps [B, C, ky, kx, 2]) -> [B, ky, kx]``.
+
+    Args:
+        n_iter: unrolled iterations (10 by default, 25 for the fastMRI 2020 challenge setup).
+        n_primal: image buffer size.
+        preset: MWCNN preset of the image nets ("small" for tests and demos, "medium" as in the thesis).
+        refine_smaps: refine the sensitivities once with ``SensitivityRefiner(refiner_preset)``.
+        image_net: factory ``(in_channels, out_channels) -> nn.Module`` overriding the MWCNN (e.g. for tests).
+    """
+
+    def __init__(self, n_iter: int = 10, n_primal: int = 5, preset: str = "small", refine_smaps: bool = False,
+                 refiner_preset: str = "small", image_net: ImageNetFactory | None = None) -> None:
+        super().__init__()
+        if n_iter < 1 or n_primal < 1:
+            raise ValueError(f"n_iter and n_primal must be >= 1, got {n_iter} and {n_primal}")
+        build = image_net if image_net is not None else mwcnn_factory(preset)
+        self.n_primal = n_primal
+        self.image_nets = nn.ModuleList([build(2 * (n_primal + 1), 2 * n_primal) for _ in range(n_iter)])
+        self.refine_smaps = refine_smaps
+        self.refiner = SensitivityRefiner(preset=refiner_preset) if refine_smaps else nn.Identity()
+
+    def forward(self, kspace: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor) -> torch.Tensor:
+        measured = real_to_complex(kspace)  # [B, C, ky, kx]
+        smaps_c = real_to_complex(self.refiner(smaps))
+        image = _sense_adjoint(measured, smaps_c, mask)  # [B, 1, y, x]
+        buffer = torch.cat([image] * self.n_primal, dim=1)  # [B, n_primal, y, x]
+        for image_net in self.image_nets:
+            residual = _sense_forward(buffer[:, :1], smaps_c, mask) - measured
+            gradient = _sense_adjoint(residual, smaps_c, mask)
+            features = complex_to_channels(torch.cat([buffer, gradient], dim=1))
+            buffer = buffer + channels_to_complex(image_net(features))
+        return magnitude(buffer[:, :1]).squeeze(1)
+
+
+def _sense_forward(image: torch.Tensor, smaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``sense_forward`` on an image ``[B, 1, y, x]``: the ONNX exporter has no complex unsqueeze/select."""
+    return mask * fftnc(smaps * image, 2)
+
+
+def _sense_adjoint(kspace: torch.Tensor, smaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``sense_adjoint`` keeping the coil dimension (size 1): ``[B, C, ky, kx]`` -> ``[B, 1, y, x]``."""
+    return (smaps.conj() * ifftnc(mask * kspace, 2)).sum(dim=1, keepdim=True)

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from models.data.coils import coil_sensitivities_2d
+from models.data.phantoms import complex_phantom_2d
+from models.nets.mwcnn import MWCNN
+from models.nets.xpdnet import XPDNet
+from models.physics.fft import fft2c
+from models.physics.masks import EquispacedFractionMask
+from models.physics.prepare_cartesian import prepare_cartesian
+from models.physics.sense import sense_adjoint, sense_forward
+from tests.nets.export_check import assert_exports
+from tests.nets.grad_check import assert_gradients_reach_all_parameters
+
+
+def _random_inputs(batch: int, n_coils: int, shape: tuple[int, int], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    kspace = torch.randn(batch, n_coils, *shape, 2, generator=g)
+    smaps = torch.randn(batch, n_coils, *shape, 2, generator=g)
+    lines = torch.rand(batch, 1, shape[0], 1, generator=g) < 0.4
+    mask = lines.expand(batch, 1, *shape).float()
+    return kspace * mask[..., None], mask, smaps
+
+
+def _prepared(shape: tuple[int, int] = (32, 32), n_coils: int = 4, seed: int = 0):
+    image = complex_phantom_2d(shape, seed=seed)
+    maps = coil_sensitivities_2d(n_coils, shape, seed=seed)
+    mask = EquispacedFractionMask([0.125], [4])(shape[0], seed=0).kspace_mask()
+    return prepare_cartesian(fft2c(maps * image), mask), image
+
+
+def _tiny_mwcnn(in_channels: int, out_channels: int) -> nn.Module:
+    return MWCNN(in_channels, out_channels, filters=[16], n_convs=1, first_filters=16, n_first_convs=1,
+                 residual=False)
+
+
+class _GradientStep(nn.Module):
+    """Image net that moves every buffer image by -step * gradient (the last complex input channel)."""
+
+    def __init__(self, n_primal: int, step: float) -> None:
+        super().__init__()
+        self.n_primal = n_primal
+        self.step = step
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        n = features.shape[1] // 2
+        real, imag = features[:, n - 1 : n], features[:, 2 * n - 1 :]
+        return -self.step * torch.cat([real] * self.n_primal + [imag] * self.n_primal, dim=1)
+
+
+@pytest.mark.parametrize("shape", [(16, 12), (15, 13)])
+def test_forward_shape_odd_and_even(shape):
+    model = XPDNet(n_iter=2, preset="small")
+    out = model(*_random_inputs(3, 4, shape))
+    assert out.shape == (3, *shape) and out.dtype == torch.float32 and bool((out >= 0).all())
+
+
+def test_gradient_step_nets_make_it_gradient_descent_on_the_sense_data_term():
+    prepared, _ = _prepared()
+    kspace, mask, smaps = prepared.to_network_inputs()
+    n_iter, step = 3, 0.5
+    model = XPDNet(n_iter=n_iter, n_primal=2, image_net=lambda i, o: _GradientStep(o // 2, step))
+    measured = prepared.kspace
+    image = sense_adjoint(measured, prepared.smaps, mask)
+    for _ in range(n_iter):
+        residual = sense_forward(image, prepared.smaps, mask) - measured
+        image = image - step * sense_adjoint(residual, prepared.smaps, mask)
+    assert torch.allclose(model(kspace, mask, smaps), image.abs(), atol=1e-5)
+
+
+def test_zero_image_nets_return_the_zero_filled_sense_image():
+    prepared, _ = _prepared()
+    model = XPDNet(n_iter=2, image_net=_tiny_mwcnn)
+    for parameter in model.parameters():
+        nn.init.zeros_(parameter)
+    expected = sense_adjoint(prepared.kspace, prepared.smaps, prepared.mask).abs()
+    assert torch.allclose(model(*prepared.to_network_inputs()), expected, atol=1e-6)
+
+
+def test_gradients_reach_every_parameter_including_the_refiner():
+    model = XPDNet(n_iter=2, preset="small", refine_smaps=True)
+    assert_gradients_reach_all_parameters(model, _random_inputs(2, 3, (16, 16)))
+
+
+@pytest.mark.parametrize(("preset", "n_iter", "refine", "expected"), [
+    ("small", 10, False, 3_381_220),
+    ("small", 25, False, 8_453_050),
+    ("medium", 10, False, 62_179_300),
+    ("medium", 25, False, 155_448_250),
+    ("small", 10, True, 3_388_678),  # + 7,458 for the small sensitivity refiner
+])
+def test_parameter_counts(preset, n_iter, refine, expected):
+    with torch.device("meta"):
+        model = XPDNet(n_iter=n_iter, preset=preset, refine_smaps=refine)
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_scripts_and_exports_to_onnx_with_another_batch_size():
+    model = XPDNet(n_iter=1, preset="small", refine_smaps=True)  # one iteration has every op; export is slow
+    example = _random_inputs(2, 3, (16, 12), seed=1)
+    other = _random_inputs(3, 3, (16, 12), seed=2)
+    assert assert_exports(model, example, other) == "script"
+
+
+def test_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="n_iter"):
+        XPDNet(n_iter=0)
+
+
+@pytest.mark.slow
+def test_tiny_xpdnet_overfits_one_example():
+    torch.manual_seed(0)
+    prepared, image = _prepared()
+    inputs = prepared.to_network_inputs()
+    target = image.abs().unsqueeze(0) / prepared.scale.reshape(-1, 1, 1)  # the image in network units
+    model = XPDNet(n_iter=2, image_net=_tiny_mwcnn)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(150):
+        loss = nn.functional.mse_loss(model(*inputs), target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert min(losses[-20:]) < losses[0] / 10
