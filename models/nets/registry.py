@@ -1,0 +1,31 @@
+"""Networks by name, so checkpoints and configs can say which one to build (``{"name": ..., "kwargs": ...}``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from models.nets.baselines import UNetBaseline, ZeroFilled
+from models.nets.ncpdnet import NCPDNet
+from models.nets.pdnet import PDNet
+from models.nets.xpdnet import XPDNet
+
+NETWORKS: dict[str, Callable[..., nn.Module]] = {
+    "xpdnet": XPDNet,
+    "ncpdnet": NCPDNet,
+    "pdnet": PDNet,
+    "unet": UNetBaseline,
+    "zero-filled": ZeroFilled,
+}
+
+
+def build_network(name: str, **kwargs: Any) -> nn.Module:
+    """Instantiate the network registered as ``name`` with keyword arguments ``kwargs``."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; known networks: {', '.join(sorted(NETWORKS))}")
+    try:
+        return NETWORKS[name](**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"bad arguments for network {name!r}: {exc}") from exc
