@@ -6,15 +6,16 @@ gradient ``A^H D (A x_1 - y) = A^H D A x_1 - A^H D y`` with the Toeplitz kernel 
 buffer with a small CNN on ``[buffer, gradient]`` (real and imaginary parts as channels), residually. The
 output is the magnitude of the first buffer image.
 
-Exported form: ``forward(adjoint [B, *S, 2], kernel, smaps [B, C, *S, 2] (multicoil only)) -> [B, *S]``
-with ``kernel`` either ``[*2S, 2]``, shared by the batch (slices of one trajectory), or ``[B, *2S, 2]``, one
-per sample (different trajectories in one batch, and the layout the dynamic-batch ONNX export uses). Only
-FFTs, convolutions and pointwise ops inside, so it scripts and exports to ONNX. ``forward_nufft`` is the
-reference form with the same weights that applies the NUFFT every iteration (training ablations, checks).
-
-With ``refine_sensitivities`` the exported form's refined maps enter the normal operator ``A^H D A`` only;
-its data term ``A^H D y`` is the preparation's (unrefined maps), since the network never sees k-space, while
-``forward_nufft`` uses the refined maps throughout (the reference). The two agree without refinement.
+Exported form: ``forward(adjoint, kernel, smaps (multicoil only)) -> [B, *S]``. Single coil: ``adjoint
+[B, *S, 2]`` = A^H D y. Multicoil: ``adjoint [B, C, *S, 2]`` = the per-coil A_c^H D y_c, uncombined, and
+``smaps [B, C, *S, 2]``; the network combines them with its own (possibly refined) maps, ``x0 = sum_c
+conj(S_c) adjoint_c``, and uses the same maps in ``A^H D A``, so with ``refine_sensitivities`` the gradient
+``A^H D A x - x0`` is exactly the reference ``A^H D (A x - y)`` with refined maps. ``kernel`` is either
+``[*2S, 2]``, shared by the batch (slices of one trajectory), or ``[B, *2S, 2]``, one per sample (different
+trajectories in one batch, and the layout the dynamic-batch ONNX export uses). Only FFTs, convolutions and
+pointwise ops inside, so it scripts and exports to ONNX. ``forward_nufft`` is the reference form with the
+same weights that applies the NUFFT every iteration (training ablations, checks); the two agree with and
+without refinement.
 """
 
 from __future__ import annotations
@@ -131,8 +132,6 @@ class NCPDNet(nn.Module):
         return (s_re * coils_re + s_im * coils_im).sum(1), (s_re * coils_im - s_im * coils_re).sum(1)
 
     def _check_inputs(self, adjoint: torch.Tensor, kernel: torch.Tensor, smaps: torch.Tensor | None) -> None:
-        if adjoint.dim() != self.n_dims + 2 or adjoint.shape[-1] != 2:
-            raise ValueError(f"adjoint must be real [B, *S, 2] with {self.n_dims} spatial dims")
         if kernel.dim() not in (self.n_dims + 1, self.n_dims + 2) or kernel.shape[-1] != 2:
             raise ValueError(f"kernel must be real [*2S, 2] or [B, *2S, 2] with {self.n_dims} spatial dims")
         if self.multicoil:
@@ -140,17 +139,27 @@ class NCPDNet(nn.Module):
                 raise ValueError("smaps is required by a multicoil NC-PDNet")
             if smaps.dim() != self.n_dims + 3 or smaps.shape[-1] != 2:
                 raise ValueError(f"smaps must be real [B, C, *S, 2] with {self.n_dims} spatial dims")
-        elif smaps is not None:
-            raise ValueError("a single-coil NC-PDNet takes no smaps")
+            if adjoint.dim() != self.n_dims + 3 or adjoint.shape[-1] != 2:
+                raise ValueError(f"adjoint must be the real per-coil [B, C, *S, 2] with {self.n_dims} spatial dims")
+        else:
+            if smaps is not None:
+                raise ValueError("a single-coil NC-PDNet takes no smaps")
+            if adjoint.dim() != self.n_dims + 2 or adjoint.shape[-1] != 2:
+                raise ValueError(f"adjoint must be real [B, *S, 2] with {self.n_dims} spatial dims")
 
     def forward(self, adjoint: torch.Tensor, kernel: torch.Tensor,
                 smaps: torch.Tensor | None = None) -> torch.Tensor:
-        """Magnitude ``[B, *S]`` from the prepared real ``adjoint``, ``kernel`` and (multicoil) ``smaps``."""
+        """Magnitude ``[B, *S]`` from the prepared real ``adjoint`` (per coil when multicoil), ``kernel`` and
+        (multicoil) ``smaps``."""
         self._check_inputs(adjoint, kernel, smaps)
-        if smaps is not None:
-            smaps = self.refiner(smaps)
         adjoint_re = adjoint[..., 0]
         adjoint_im = adjoint[..., 1]
+        if smaps is not None:
+            smaps = self.refiner(smaps)
+            s_re = smaps[..., 0]
+            s_im = smaps[..., 1]
+            adjoint_re, adjoint_im = ((s_re * adjoint_re + s_im * adjoint_im).sum(1),
+                                      (s_re * adjoint_im - s_im * adjoint_re).sum(1))
         n = self.n_primal
         buffer = torch.stack([adjoint_re] * n + [adjoint_im] * n, dim=1)
         for image_net in self.image_nets:

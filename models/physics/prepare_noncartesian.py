@@ -1,12 +1,14 @@
 """Preparation of non-Cartesian data for NC-PDNet-style networks: one function for training and serving.
 
-Turns raw samples and their trajectory into the tensors the exported network takes: the density-compensated,
-coil-combined adjoint ``A^H D y``, the Toeplitz kernel of ``A^H D A`` (D inside) and the sensitivities.
+Turns raw samples and their trajectory into the tensors the exported network takes: the density-compensated
+adjoint (per coil ``A_c^H D y_c`` for multicoil, uncombined, so a network that refines the sensitivities can
+combine it with its own maps; ``A^H D y`` for single coil), the Toeplitz kernel of ``A^H D A`` (D inside)
+and the sensitivities.
 
-Scale convention: ``scale[b]`` is a robust maximum (the ``scale_quantile`` quantile, default 0.99) of
-``|A^H D y_b|`` for the unscaled data; the data are divided by it, so ``adjoint`` (and ``data``) are
-``O(1)``. The operator and its kernel are linear and unscaled; a network output (an image or magnitude) in
-original units is ``output * scale[b]``.
+Scale convention: ``scale[b]`` is a robust maximum (the ``scale_quantile`` quantile, default 0.99) of the
+coil-combined ``|A^H D y_b|`` (given maps) for the unscaled data; the data are divided by it, so ``adjoint``
+(and ``data``) are ``O(1)``. The operator and its kernel are linear and unscaled; a network output (an
+image or magnitude) in original units is ``output * scale[b]``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from models.physics.sensitivities import sensitivities_noncartesian
 class NonCartesianInputs:
     """Prepared tensors (complex64 unless stated) for one batch of slices/volumes sharing a trajectory.
 
-    adjoint: ``[B, *S]`` = A^H D (data / scale), coil-combined with ``smaps`` when multicoil.
+    adjoint: single coil ``[B, *S]`` = A^H D (data / scale); multicoil ``[B, C, *S]`` = A_c^H D (data_c / scale),
+        per coil and not combined (``combined_adjoint`` combines it with ``smaps``).
     kernel: ``[*2S]`` Toeplitz kernel of A^H D A (shared by the batch).
     smaps: ``[B, C, *S]`` sensitivities, or None for single coil.
     scale: ``[B]`` float32 scale the data were divided by (multiply outputs by it).
@@ -42,6 +45,13 @@ class NonCartesianInputs:
     @property
     def multicoil(self) -> bool:
         return self.smaps is not None
+
+    @property
+    def combined_adjoint(self) -> torch.Tensor:
+        """``[B, *S]`` A^H D (data / scale) combined with the given ``smaps`` (the adjoint itself for single coil)."""
+        if self.smaps is None:
+            return self.adjoint
+        return (self.smaps.conj() * self.adjoint).sum(1)
 
 
 def _robust_max(images: torch.Tensor, quantile: float) -> torch.Tensor:
@@ -114,9 +124,11 @@ def prepare_noncartesian(data: torch.Tensor, trajectory: torch.Tensor, image_sha
     density = density.to(device=data.device, dtype=torch.float32)
     sens = _sensitivities(smaps, data, trajectory, shape, density, backend, eps)
     op = NufftOp(trajectory, shape, smaps=sens, density=density, backend=backend, eps=eps)
-    raw_adjoint = op.adjoint(data, weighted=True)
-    scale = _robust_max(raw_adjoint, scale_quantile)
-    view = (-1, *([1] * len(shape)))
+    coil_adjoints = op.adjoint_coils(data * density)
+    combined = coil_adjoints[:, 0] if sens is None else (sens.conj() * coil_adjoints).sum(1)
+    scale = _robust_max(combined, scale_quantile)
+    raw_adjoint = combined if sens is None else coil_adjoints
+    view = (-1, *([1] * (raw_adjoint.dim() - 1)))
     adjoint = (raw_adjoint / scale.reshape(view)).to(torch.complex64)
     scaled_data = data / scale.reshape(-1, 1, 1)
     kernel = op.toeplitz_kernel(weighted=True, dtype=torch.complex64)
@@ -127,8 +139,9 @@ def prepare_noncartesian(data: torch.Tensor, trajectory: torch.Tensor, image_sha
 def to_network_inputs(inputs: NonCartesianInputs, kernel_per_sample: bool = False) -> tuple[torch.Tensor, ...]:
     """Real tensors in the order NC-PDNet's forward takes them: ``(adjoint, kernel[, smaps])``.
 
-    ``adjoint [B, *S, 2]``, ``kernel [*2S, 2]`` (or ``[B, *2S, 2]`` with ``kernel_per_sample``, the layout a
-    dynamic-batch ONNX model takes), ``smaps [B, C, *S, 2]`` for multicoil; view_as_real layout.
+    ``adjoint [B, *S, 2]`` (single coil) or per-coil ``[B, C, *S, 2]`` (multicoil), ``kernel [*2S, 2]`` (or
+    ``[B, *2S, 2]`` with ``kernel_per_sample``, the layout a dynamic-batch ONNX model takes),
+    ``smaps [B, C, *S, 2]`` for multicoil; view_as_real layout.
     """
     adjoint = torch.view_as_real(inputs.adjoint).contiguous()
     kernel = torch.view_as_real(inputs.kernel).contiguous()

@@ -19,7 +19,7 @@ def _count(model: torch.nn.Module) -> int:
 
 def _random_inputs(batch: int, shape: tuple[int, ...], coils: int = 0, per_sample: bool = False, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    adjoint = torch.randn(batch, *shape, 2, generator=g)
+    adjoint = torch.randn(batch, *(coils,) * bool(coils), *shape, 2, generator=g)
     kernel_shape = (batch,) * per_sample + tuple(2 * n for n in shape) + (2,)
     kernel = torch.randn(*kernel_shape, generator=g)
     if not coils:
@@ -75,22 +75,43 @@ def test_real_arithmetic_normal_operator_matches_physics_toeplitz():
 
 
 @pytest.mark.parametrize("trajectory", [radial_2d(16, 64), spiral_2d(4, 512, matrix=32)], ids=["radial", "spiral"])
-@pytest.mark.parametrize("coils", [0, 4])
-def test_toeplitz_form_equals_nufft_per_iteration_form(trajectory, coils):
+@pytest.mark.parametrize(("coils", "refine"), [(0, False), (4, False), (4, True)],
+                         ids=["single", "multicoil", "refined"])
+def test_toeplitz_form_equals_nufft_per_iteration_form(trajectory, coils, refine):
     torch.manual_seed(0)
     image = torch.stack([complex_phantom_2d(SHAPE, seed=s) for s in (0, 1)])
     smaps = coil_sensitivities_2d(coils, SHAPE, seed=0).to(torch.complex64) if coils else None
     batch_smaps = None if smaps is None else smaps.unsqueeze(0).expand(2, -1, -1, -1)
     data = NufftOp(trajectory, SHAPE, smaps=batch_smaps).forward(image)
     inputs = prepare_noncartesian(data, trajectory, SHAPE, smaps=smaps)
-    net = NCPDNet(n_iter=3, multicoil=bool(coils))
+    net = NCPDNet(n_iter=3, multicoil=bool(coils), refine_sensitivities=refine)
     op = NufftOp(trajectory, SHAPE, smaps=inputs.smaps, density=inputs.density, backend="finufft")
     with torch.no_grad():
         toeplitz = net(*to_network_inputs(inputs))
         reference = net.forward_nufft(inputs.data, op)
+        if refine:  # the refiner really changes the maps, so the data term must use the refined ones
+            refined = torch.view_as_complex(net.refiner(torch.view_as_real(inputs.smaps)).contiguous())
+            assert float((refined - inputs.smaps).norm() / inputs.smaps.norm()) > 1e-2
     assert float((toeplitz - reference).norm() / reference.norm()) < 1e-3
     # the unrolled network did change the adjoint (the comparison is not trivial)
-    assert float((toeplitz - inputs.adjoint.abs()).norm() / toeplitz.norm()) > 1e-3
+    assert float((toeplitz - inputs.combined_adjoint.abs()).norm() / toeplitz.norm()) > 1e-3
+
+
+def test_multicoil_combines_the_per_coil_adjoint_with_its_maps():
+    torch.manual_seed(0)
+    adjoint, kernel, smaps = _random_inputs(2, (6, 6), coils=3)
+    net = NCPDNet(n_iter=1, n_primal=2, n_filters=4, multicoil=True).eval()
+    combined = (torch.view_as_complex(smaps).conj() * torch.view_as_complex(adjoint)).sum(1)
+    single = NCPDNet(n_iter=1, n_primal=2, n_filters=4).eval()
+    single.load_state_dict(net.state_dict())
+    # with one coil of ones the normal operator is the same, so only the data term's combination differs
+    ones = torch.view_as_real(torch.ones(2, 1, 6, 6, dtype=torch.complex64))
+    with torch.no_grad():
+        expected = single(torch.view_as_real(combined), kernel)
+        got = net(torch.view_as_real(combined).unsqueeze(1), kernel, ones)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="per-coil"):
+        net(torch.view_as_real(combined), kernel, smaps)
 
 
 @pytest.mark.slow

@@ -54,7 +54,13 @@ def test_multicoil_with_given_and_estimated_sensitivities(problem):
     batch_smaps = smaps.unsqueeze(0).expand(2, -1, -1, -1)
     op = NufftOp(trajectory, SHAPE, smaps=batch_smaps, density=density)
     expected = op.adjoint(data, weighted=True) / inputs.scale.reshape(-1, 1, 1)
-    assert torch.allclose(inputs.adjoint, expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(inputs.combined_adjoint, expected, rtol=1e-5, atol=1e-6)
+    # the network input is the per-coil adjoint A_c^H D y_c, not combined (the net combines with its maps)
+    per_coil = op.adjoint_coils(data * density) / inputs.scale.reshape(-1, 1, 1, 1)
+    assert inputs.adjoint.shape == (2, 3, *SHAPE)
+    assert torch.allclose(inputs.adjoint, per_coil, rtol=1e-5, atol=1e-6)
+    peak = inputs.combined_adjoint.abs().reshape(2, -1).amax(1)
+    assert bool(((peak > 0.9) & (peak < 3.0)).all())
     estimated = prepare_noncartesian(data, trajectory, SHAPE, density=density, smaps="estimate")
     assert estimated.smaps.shape == (2, 3, *SHAPE)
     rss = estimated.smaps.abs().square().sum(1).sqrt()
@@ -65,13 +71,14 @@ def test_network_inputs_are_real_in_forward_order(problem):
     trajectory, density, smaps, _, data = problem
     inputs = prepare_noncartesian(data, trajectory, SHAPE, density=density, smaps=smaps)
     adjoint, kernel, maps = to_network_inputs(inputs)
-    assert adjoint.shape == (2, *SHAPE, 2) and kernel.shape == (48, 40, 2) and maps.shape == (2, 3, *SHAPE, 2)
+    assert adjoint.shape == (2, 3, *SHAPE, 2) and kernel.shape == (48, 40, 2) and maps.shape == (2, 3, *SHAPE, 2)
     assert not any(t.is_complex() for t in (adjoint, kernel, maps))
     assert torch.equal(torch.view_as_complex(adjoint), inputs.adjoint)
     _, per_sample, _ = to_network_inputs(inputs, kernel_per_sample=True)
     assert per_sample.shape == (2, 48, 40, 2) and torch.equal(per_sample[1], kernel)
     single = prepare_noncartesian(problem[3], trajectory, SHAPE, density=density)
-    assert len(to_network_inputs(single)) == 2
+    assert len(to_network_inputs(single)) == 2 and to_network_inputs(single)[0].shape == (2, *SHAPE, 2)
+    assert torch.equal(single.combined_adjoint, single.adjoint)
 
 
 def test_errors_name_the_problem(problem):
