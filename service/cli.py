@@ -1,23 +1,53 @@
-"""The `mrdserve` command line: one entry point, one subcommand per job (see ARCHITECTURE.md, Contracts)."""
+"""The `mrdserve` command line: one entry point, one subcommand per job (see ARCHITECTURE.md, Contracts).
+
+Each subcommand lives in the module that owns its job and is imported only when that subcommand runs, so the
+runtime never loads training or export code: `train`, `evaluate` and `export` are offline tools from
+`models.training` and `models.export`, while `serve`, `recon` and `models` use only the runtime.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from models.data.simulate import add_simulate_arguments, run_simulate
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: where its argument builder and handler live, and a one-line help."""
+
+    module: str
+    add_arguments: str
+    run: str
+    help: str
+    description: str = ""
+
+
+COMMANDS: dict[str, Command] = {
+    "simulate": Command("models.data.simulate", "add_simulate_arguments", "run_simulate",
+                        "write a synthetic ISMRMRD (or fastMRI) file",
+                        "Simulate a multicoil acquisition of a realistic phantom (2D or 3D)."),
+    "recon": Command("service.offline_recon", "add_recon_arguments", "run_recon",
+                     "reconstruct an ISMRMRD or fastMRI file offline",
+                     "Reconstruct every slice of INPUT and write images to OUTDIR."),
+    "train": Command("models.training.cli", "add_train_arguments", "run_train",
+                     "train a network from a YAML config (offline trainer)"),
+    "evaluate": Command("models.training.cli", "add_evaluate_arguments", "run_evaluate",
+                        "compare a trained model with the classical baselines on a data set"),
+    "export": Command("models.export.cli", "add_export_arguments", "run_export",
+                      "export a checkpoint as an artifact (TorchScript + ONNX + manifest)"),
+    "models": Command("service.registry_cli", "add_models_arguments", "run_models",
+                      "list the artifacts the registry sees"),
+}
 
 NOT_YET = {
     "serve": "the REST API and MRD server (issues 5 and 6)",
-    "train": "the offline trainer (issue 4)",
-    "export": "artifact export (issue 4)",
-    "evaluate": "evaluation against the classical baselines (issue 4)",
-    "models": "the artifact registry (issue 5)",
 }
 
 
-def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
+def _not_yet(name: str):
     def run(_: argparse.Namespace) -> int:
         print(f"mrdserve {name}: not yet available; it arrives with {NOT_YET[name]}.", file=sys.stderr)
         return 2
@@ -25,29 +55,19 @@ def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _add_recon(sub: argparse._SubParsersAction) -> None:
-    from service.offline_recon import add_recon_arguments, run_recon
-
-    parser = sub.add_parser("recon", help="reconstruct an ISMRMRD or fastMRI file offline",
-                            description="Reconstruct every slice of INPUT and write images to OUTDIR.")
-    add_recon_arguments(parser)
-    parser.set_defaults(handler=run_recon)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(load: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; only the subcommands named in ``load`` (all when None) get their arguments imported."""
     parser = argparse.ArgumentParser(prog="mrdserve", description=(
         "Online MRI reconstruction: learned unrolled networks served behind a Gadgetron-compatible MRD server, "
         "a Gadgetron gadget and a REST API."))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-
-    simulate = sub.add_parser("simulate", help="write a synthetic ISMRMRD (or fastMRI) file",
-                              description="Simulate a multicoil acquisition of a realistic phantom.")
-    add_simulate_arguments(simulate)
-    simulate.set_defaults(handler=run_simulate)
-
-    _add_recon(sub)
-
+    for name, command in COMMANDS.items():
+        child = sub.add_parser(name, help=command.help, description=command.description or command.help + ".")
+        if load is None or name in load:
+            module = importlib.import_module(command.module)
+            getattr(module, command.add_arguments)(child)
+            child.set_defaults(handler=getattr(module, command.run))
     for name, what in NOT_YET.items():
         stub = sub.add_parser(name, help=f"(not yet available: {what})", description=f"Not yet available: {what}.")
         stub.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -55,9 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _requested(argv: Sequence[str]) -> list[str]:
+    return [arg for arg in argv if arg in COMMANDS][:1]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `mrdserve` console script."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(load=_requested(argv)).parse_args(argv)
     return int(args.handler(args) or 0)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.cli import NOT_YET, main
+from service.cli import COMMANDS, NOT_YET, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,11 +19,11 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_every_subcommand():
     result = _run("--help")
     assert result.returncode == 0
-    for name in ("simulate", "recon", *NOT_YET):
+    for name in (*COMMANDS, *NOT_YET):
         assert name in result.stdout
 
 
-@pytest.mark.parametrize("name", ["simulate", "recon", *NOT_YET])
+@pytest.mark.parametrize("name", [*COMMANDS, *NOT_YET])
 def test_every_subcommand_has_help(name, capsys):
     with pytest.raises(SystemExit) as exc:
         main([name, "--help"])
@@ -55,3 +55,11 @@ def test_recon_reports_missing_input_and_unavailable_format(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["recon", str(tmp_path / "absent.h5"), "-o", str(tmp_path), "--format", "dicom"]) == 2
     assert "not yet available" in capsys.readouterr().err
+
+
+def test_runtime_commands_do_not_load_training_code():
+    code = ("import sys; from service.cli import build_parser; build_parser(load=['recon', 'models']); "
+            "print(any(m.startswith(('models.training', 'models.nets', 'models.export')) for m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

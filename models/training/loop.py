@@ -1,0 +1,432 @@
+"""The training loop: seeded, resumable, validated against the classical baselines; CPU, one GPU or DDP.
+
+``train(config)`` builds the datasets, the network (``models.nets.registry``), the optimiser and scheduler,
+resumes from ``output_dir/latest.pt`` when asked, and runs ``loop.steps`` optimisation steps. The data order is
+a pure function of (seed, step) (``StepSampler``), and checkpoints hold model, optimiser, scheduler, scaler,
+RNG states and step, so a run interrupted at any checkpoint continues exactly as if it had never stopped.
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same code wraps the network in DistributedDataParallel, each rank
+takes its own share of every step's examples, and rank 0 alone validates, logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import sys
+import time
+import types
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from models.nets.registry import build_network
+from models.physics.masks import MaskFunc
+from models.training import checkpoint as ckpt
+from models.training.config import TrainConfig, config_to_dict
+from models.training.datasets import (
+    FastMRIDataset,
+    IsmrmrdDataset,
+    SyntheticDataset,
+    collate_examples,
+    data_version,
+)
+from models.training.evaluate import evaluate
+from models.training.losses import get_loss
+
+log = logging.getLogger(__name__)
+VAL_SEED_OFFSET = 1_000_003  # validation examples of synthetic data come from (seed + offset, index)
+IMAGE_NET_LISTS = ("image_nets", "image_corrections")  # the per-iteration modules of unrolled networks
+
+
+@dataclass
+class TrainResult:
+    """What a run did: final step, last checkpoint, the losses of the steps run now, last validation metrics."""
+
+    step: int
+    checkpoint: Path | None
+    losses: list[float] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    resumed_from: int = 0
+
+
+# --- reproducibility and devices ---------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_determinism(enabled: bool) -> None:
+    """Deterministic algorithms where torch has them (warn, not fail, where it does not)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA when available; ``cuda`` without a GPU is an error."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("loop.device: 'cuda' asked for but no CUDA device is available")
+    return torch.device("cuda", local_rank)
+
+
+@dataclass
+class Distributed:
+    """Process group facts: world size, this process's rank and local rank."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> Distributed:
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on GPU, Gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not torch.distributed.is_initialized():
+        use_cuda = device_name != "cpu" and torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    return Distributed(world_size, rank, local_rank)
+
+
+# --- data --------------------------------------------------------------------------------------------------
+
+
+class StepSampler(Sampler[int]):
+    """Example indices for steps ``[start_step, end_step)``: a pure function of (seed, step), so a resumed run
+    draws exactly what an uninterrupted one would. Epochs are fresh permutations; with ``world_size`` ranks,
+    step s uses global positions ``s * B * W ... (s + 1) * B * W - 1`` and rank r takes its own ``B`` of them."""
+
+    def __init__(self, n_examples: int, batch_size: int, seed: int, start_step: int, end_step: int,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.n_examples, self.batch_size, self.seed = n_examples, batch_size, seed
+        self.start_step, self.end_step = start_step, end_step
+        self.rank, self.world_size = rank, world_size
+        self._permutations: dict[int, list[int]] = {}
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if epoch not in self._permutations:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_033 + epoch)
+            self._permutations = {epoch: torch.randperm(self.n_examples, generator=generator).tolist()}
+        return self._permutations[epoch]
+
+    def __iter__(self) -> Iterator[int]:
+        per_step = self.batch_size * self.world_size
+        for step in range(self.start_step, self.end_step):
+            first = step * per_step + self.rank * self.batch_size
+            for position in range(first, first + self.batch_size):
+                yield self._permutation(position // self.n_examples)[position % self.n_examples]
+
+    def __len__(self) -> int:
+        return max(0, self.end_step - self.start_step) * self.batch_size
+
+
+class CachedDataset(Dataset):
+    """Keeps each prepared example after its first use (datasets here are deterministic per index)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self._examples: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        if index not in self._examples:
+            self._examples[index] = self.dataset[index]
+        return self._examples[index]
+
+    def sample(self, index: int) -> Any:
+        """The k-space sample behind ``index`` (for the baselines), from the wrapped dataset."""
+        from models.training.evaluate import sample_of
+
+        return sample_of(self.dataset, index)
+
+
+def _mask_func(generator: dict[str, Any]) -> MaskFunc:
+    from models.data.simulate import MASK_TYPES
+
+    kind = generator.get("mask_type", "equispaced_fraction")
+    if kind not in MASK_TYPES:
+        raise ValueError(f"data.generator.mask_type: expected one of {', '.join(MASK_TYPES)}, got {kind!r}")
+    return MASK_TYPES[kind](list(generator.get("center_fractions", [0.08])),
+                            list(generator.get("accelerations", [4])))
+
+
+def _split_by_file(dataset: Any, val_fraction: float) -> tuple[Dataset, Dataset]:
+    """Hold out the last ``val_fraction`` of the files (at least one) of a file dataset for validation."""
+    n_files = len(dataset.files)
+    n_val = max(1, round(n_files * val_fraction)) if val_fraction > 0 and n_files > 1 else 0
+    cutoff = n_files - n_val
+    train = [i for i, (number, _) in enumerate(dataset.index) if number < cutoff]
+    val = [i for i, (number, _) in enumerate(dataset.index) if number >= cutoff]
+    return Subset(dataset, train), Subset(dataset, val)
+
+
+def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset, dict[str, str]]:
+    """Training and validation datasets of ``config.data`` and the checkpoint's data provenance entry."""
+    data, prep = config.data, config.preparation
+    if data.kind == "synthetic":
+        common = {"task": config.task, "preparation": prep.name, "params": prep.params, **data.generator}
+        try:
+            train = SyntheticDataset(n_examples=data.train_size, seed=config.seed, **common)
+            val: Dataset = SyntheticDataset(n_examples=max(data.val_size, 1), seed=config.seed + VAL_SEED_OFFSET,
+                                            **common)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"data.generator: {exc}") from exc
+        if data.val_size == 0:
+            val = Subset(val, [])
+        description = (f"synthetic {config.task}: {data.train_size} training / {data.val_size} validation "
+                       f"examples, generator {data.generator}")
+        version = data_version(train)
+        return train, val, {"kind": data.kind, "description": description, "version": version}
+    cls = FastMRIDataset if data.kind == "fastmri" else IsmrmrdDataset
+    mask = _mask_func(data.generator) if (data.kind == "fastmri" or data.generator) else None
+    kwargs = {"preparation": prep.name, "params": prep.params}
+    full = cls(data.path, mask, seed=config.seed, **kwargs)
+    if data.val_path:
+        train, val = full, cls(data.val_path, mask, seed=config.seed + VAL_SEED_OFFSET, **kwargs)
+        version = f"{data_version(full)}+{data_version(val)}"
+    else:
+        train, val = _split_by_file(full, data.val_fraction)
+        version = f"{data_version(full)}/split{data.val_fraction:g}"
+    description = f"{data.kind} files in {data.path} ({len(train)} training / {len(val)} validation slices)"
+    return train, val, {"kind": data.kind, "description": description, "version": version}
+
+
+# --- model, optimiser --------------------------------------------------------------------------------------
+
+
+def _checkpointed_forward(module: nn.Module, original: Any, *args: Any, **kwargs: Any) -> Any:
+    if torch.is_grad_enabled() and module.training:
+        return activation_checkpoint(original, *args, use_reentrant=False, **kwargs)
+    return original(*args, **kwargs)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> int:
+    """Recompute each unrolled iteration's image net during backward instead of storing its activations.
+
+    Replaces ``forward`` on each module of the network's ``image_nets``/``image_corrections`` list (instance
+    attribute, so the state dict and the network class are unchanged); returns how many were wrapped.
+    """
+    wrapped = 0
+    for name in IMAGE_NET_LISTS:
+        for module in getattr(model, name, None) or []:
+            original = module.forward
+            module.forward = types.MethodType(
+                lambda self, *a, _orig=original, **k: _checkpointed_forward(self, _orig, *a, **k), module)
+            wrapped += 1
+    if wrapped == 0:
+        warnings.warn(f"gradient checkpointing: {type(model).__name__} has no {' or '.join(IMAGE_NET_LISTS)}; "
+                      "nothing wrapped", stacklevel=2)
+    return wrapped
+
+
+def build_optimizer(config: TrainConfig, parameters: Any) -> torch.optim.Optimizer:
+    """RAdam, Adam or AdamW with ``optim.lr`` and ``optim.weight_decay``."""
+    classes = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    return classes[config.optim.name](parameters, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
+    """None, StepLR (step_size, gamma) or CosineAnnealingLR (t_max = loop.steps unless given, eta_min)."""
+    params = dict(config.optim.scheduler_params)
+    try:
+        if config.optim.scheduler == "step":
+            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(params.pop("step_size", 1000)),
+                                                   gamma=float(params.pop("gamma", 0.5)), **params)
+        if config.optim.scheduler == "cosine":
+            t_max = int(params.pop("t_max", config.loop.steps))
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max,
+                                                              eta_min=float(params.pop("eta_min", 0.0)), **params)
+    except TypeError as exc:
+        raise ValueError(f"optim.scheduler_params: {exc}") from exc
+    return None
+
+
+def _tensorboard(directory: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:  # tensorboard is optional at run time
+        warnings.warn(f"TensorBoard logging disabled: {exc}", stacklevel=2)
+        return None
+    return SummaryWriter(str(directory))
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+@contextlib.contextmanager
+def _rng_neutral() -> Iterator[None]:
+    """Run a block (validation) without disturbing any RNG stream of the training run."""
+    state = ckpt.capture_rng()
+    try:
+        yield
+    finally:
+        ckpt.restore_rng(state)
+
+
+def _check_compatible(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    current = config_to_dict(config)
+    for key in ("task", "network", "preparation", "data", "seed", "loss"):
+        if saved["config"].get(key) != current[key]:
+            raise ValueError(f"{key}: the run in {path.parent} was started with {saved['config'].get(key)!r}, "
+                             f"the config now says {current[key]!r}; use a new output_dir or --no-resume")
+
+
+# --- the loop ------------------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, resume: bool = True) -> TrainResult:
+    """Train as ``config`` says; with ``resume``, continue from ``output_dir/latest.pt`` when it exists."""
+    dist = init_distributed(config.loop.device)
+    device = resolve_device(config.loop.device, dist.local_rank)
+    configure_determinism(config.loop.deterministic)
+    seed_everything(config.seed)
+    output_dir = Path(config.output_dir)
+    train_set, val_set, data_info = build_datasets(config)
+    if config.data.cache:
+        train_set, val_set = CachedDataset(train_set), CachedDataset(val_set)
+
+    model = build_network(config.network.name, **config.network.kwargs).to(device)
+    if config.loop.grad_checkpointing:
+        enable_gradient_checkpointing(model)
+    optimizer = build_optimizer(config, model.parameters())
+    scheduler = build_scheduler(config, optimizer)
+    use_amp = config.loop.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_step, metrics = 0, {}
+    latest = ckpt.latest_checkpoint(output_dir) if resume else None
+    if latest is not None:
+        saved = ckpt.load_checkpoint(latest, map_location=device)
+        _check_compatible(saved, config, latest)
+        model.load_state_dict(saved["model_state"])
+        optimizer.load_state_dict(saved["optimizer_state"])
+        if scheduler is not None and saved["scheduler_state"] is not None:
+            scheduler.load_state_dict(saved["scheduler_state"])
+        if use_amp and saved["scaler_state"] is not None:
+            scaler.load_state_dict(saved["scaler_state"])
+        ckpt.restore_rng(saved["rng"])
+        start_step, metrics = int(saved["step"]), dict(saved["metrics"])
+        log.info("resumed from %s at step %d", latest, start_step)
+    baseline_cache = {row["volume"]: row["baselines"] for row in metrics.get("per_volume", [])}
+
+    network: nn.Module = model
+    if dist.world_size > 1:
+        network = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                      else None)
+    loader = DataLoader(
+        train_set, batch_size=config.loop.batch_size, collate_fn=collate_examples,
+        sampler=StepSampler(len(train_set), config.loop.batch_size, config.seed, start_step, config.loop.steps,
+                            dist.rank, dist.world_size),
+        num_workers=config.loop.num_workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed + start_step))
+    loss_fn = get_loss(config.loss)
+    config_dict = config_to_dict(config)
+    writer = _tensorboard(output_dir / "tensorboard") if dist.is_main else None
+    bar = _progress(config.loop.steps, start_step, dist.is_main and sys.stderr.isatty())
+    val_indices = list(range(min(config.loop.val_examples, len(val_set))))
+    result = TrainResult(step=start_step, checkpoint=latest, metrics=metrics, resumed_from=start_step)
+
+    def validate_and_save(step: int, validate: bool) -> None:
+        nonlocal metrics
+        if dist.is_main:
+            if validate and val_indices:
+                with _rng_neutral():
+                    evaluation = evaluate(model, val_set, val_indices, device, baseline_cache, amp=use_amp)
+                metrics = {"step": step, **evaluation.metrics}
+                _log_validation(writer, metrics, step)
+            saved = ckpt.build_checkpoint(config=config_dict, model=model, optimizer=optimizer,
+                                          scheduler=scheduler, scaler=scaler, step=step, data=data_info,
+                                          metrics=metrics)
+            result.checkpoint = ckpt.save_checkpoint(saved, output_dir)
+        if dist.world_size > 1:
+            torch.distributed.barrier()
+
+    network.train()
+    step, started, examples = start_step, time.perf_counter(), 0
+    for batch in loader:
+        batch = batch.to(device, non_blocking=True)
+        with torch.autocast(device.type, enabled=use_amp):
+            output = network(**batch.inputs)
+        loss = loss_fn(batch.crop(output).float(), batch.target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.optim.grad_clip is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        step += 1
+        examples += len(batch) * dist.world_size
+        value = float(loss.detach())
+        result.losses.append(value)
+        if step % config.loop.log_every == 0 or step == config.loop.steps:
+            rate = examples / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(loss=f"{value:.4f}", ex_s=f"{rate:.2f}")
+            if writer is not None:
+                writer.add_scalar("train/loss", value, step)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+                writer.add_scalar("train/examples_per_s", rate, step)
+        bar.update(1)
+        periodic_val = config.loop.val_every > 0 and step % config.loop.val_every == 0
+        at_end = step == config.loop.steps
+        if periodic_val or step % config.loop.checkpoint_every == 0 or at_end:
+            validate_and_save(step, validate=periodic_val or at_end)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if step == start_step and dist.is_main and latest is None:  # nothing to do (steps reached): still leave a file
+        validate_and_save(step, validate=True)
+    result.step, result.metrics = step, metrics
+    return result
+
+
+def _log_validation(writer: Any, metrics: dict[str, Any], step: int) -> None:
+    model = metrics.get("model", {})
+    log.info("step %d validation: model %s; baselines %s", step, model, metrics.get("baselines"))
+    if writer is None:
+        return
+    for name in ("psnr", "ssim", "nmse"):
+        if name in model:
+            writer.add_scalar(f"val/{name}/model", model[name], step)
+        for baseline, values in metrics.get("baselines", {}).items():
+            if name in values:
+                writer.add_scalar(f"val/{name}/{baseline}", values[name], step)
+
+
+def with_overrides(config: TrainConfig, **loop_changes: Any) -> TrainConfig:
+    """``config`` with some ``loop`` fields replaced (tests, benchmarks)."""
+    return dataclasses.replace(config, loop=dataclasses.replace(config.loop, **loop_changes))
