@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from models.data.manifest_schema import MANIFEST_FILE, verify_artifact
-
-BUNDLED_ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+from service.artifacts import BUNDLED_ARTIFACTS, artifact_directories
 
 
 def add_models_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -22,17 +21,6 @@ def add_models_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="directory of artifact directories, or one artifact directory (repeatable; "
                              "default: the bundled service/artifacts/)")
     return parser
-
-
-def artifact_directories(roots: list[Path]) -> list[Path]:
-    """Artifact directories under ``roots`` (a root holding manifest.json counts as one), sorted, unique."""
-    found: list[Path] = []
-    for root in roots:
-        if (root / MANIFEST_FILE).is_file():
-            found.append(root)
-        elif root.is_dir():
-            found.extend(sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
-    return list(dict.fromkeys(found))
 
 
 def describe(directory: Path) -> dict[str, Any]:

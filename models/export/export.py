@@ -180,34 +180,62 @@ def _axis_names(name: str, rank: int) -> list[Any]:
     return _AXES.get(name, {}).get(rank) or ["B", *[f"{name}_{i}" for i in range(1, rank)]]
 
 
+def _dynamic_axes(example: dict[str, torch.Tensor], spatial: bool) -> list[dict[int, Any]]:
+    """Per input, the axes exported as dynamic: batch always, coils, and spatial axes with ``spatial``.
+
+    Axes of size <= 2 stay fixed (the re/im axis, a mask's singleton); sizes the exporter proves equal across
+    inputs (``Dim.AUTO``) share one symbol, so e.g. k-space, mask and sensitivities keep one matrix size.
+    """
+    axes = []
+    for key, tensor in example.items():
+        names = _axis_names(key, tensor.dim())
+        axes.append({i: torch.export.Dim.AUTO for i in range(tensor.dim())
+                     if i == 0 or (tensor.shape[i] > 2 and (spatial or names[i] == "C"))})
+    return axes
+
+
+def _specialised_axes(path: Path, example: dict[str, torch.Tensor], requested: list[dict[int, Any]]) -> list[str]:
+    """``input[axis]`` names of the requested non-batch dynamic axes the exporter nevertheless fixed."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != len(example):  # _verify reports the mismatch
+        return []
+    fixed = []
+    for key, entry, axes in zip(example, inputs, requested, strict=True):
+        dims = _dims(entry)
+        names = _axis_names(key, len(dims))
+        fixed += [f"{key}[{names[i]}]" for i in axes if i > 0 and dims[i] is not None]
+    return fixed
+
+
 def _export_onnx(model: torch.nn.Module, example: dict[str, torch.Tensor], path: Path, opset: int,
                  dynamic_spatial: bool = True) -> list[str]:
     """Dynamo ONNX export with the weights inside; batch and coil axes dynamic, spatial axes where feasible."""
-    notes: list[str] = []
     args = tuple(example.values())
 
-    def export(spatial: bool) -> None:
-        shapes = []
-        for key, tensor in example.items():
-            names = _axis_names(key, tensor.dim())
-            axes = {i: torch.export.Dim.AUTO for i in range(tensor.dim())
-                    if i == 0 or (tensor.shape[i] > 2 and (spatial or names[i] == "C"))}
-            shapes.append(axes)
+    def export(spatial: bool) -> list[dict[int, Any]]:
+        axes = _dynamic_axes(example, spatial)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, args, str(path), dynamo=True, opset_version=opset, external_data=False,
-                              dynamic_shapes=tuple(shapes), output_names=["image"], verbose=False, report=False)
+                              dynamic_shapes=tuple(axes), output_names=["image"], verbose=False, report=False)
+        return axes
 
     if not dynamic_spatial:
         export(spatial=False)
         return ["spatial axes fixed on request; the matrix is fixed"]
     try:
-        export(spatial=True)
-        notes.append("spatial axes are dynamic; equivalence was checked at the sample's matrix only")
+        requested = export(spatial=True)
     except Exception as exc:  # dynamic spatial axes are best effort (some ops do not convert with them)
-        notes.append(f"dynamic spatial axes did not export ({type(exc).__name__}); the matrix is fixed")
         export(spatial=False)
-    return notes
+        return [f"dynamic spatial axes did not export ({type(exc).__name__}); the matrix is fixed"]
+    fixed = _specialised_axes(path, example, requested)
+    if fixed:
+        return [f"the exporter fixed the axes {', '.join(fixed)}; those sizes are fixed"]
+    return ["spatial axes are dynamic; equivalence was checked at the sample's matrix only"]
 
 
 def _onnx_session(path: Path) -> Any:

@@ -12,7 +12,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, n_spatial: int) -> torch.Ten
     pad: list[int] = []
     for d in range(n_spatial):
         size = x.shape[x.dim() - 1 - d]
-        pad += [0, (multiple - size % multiple) % multiple]
+        # ceil(size / multiple) * multiple - size: a form torch.export keeps as ``multiple * q`` with q integer
+        pad += [0, (size + multiple - 1) // multiple * multiple - size]
     return functional.pad(x, pad)
 
 

@@ -76,7 +76,9 @@ def test_bad_arguments_raise():
         MWCNN(3, 2)
 
 
-def test_scripts_and_exports_to_onnx():
+def test_scripts_and_exports_to_onnx_with_dynamic_batch_and_spatial_axes():
     torch.manual_seed(0)
-    how = assert_exports(_tiny(), (torch.randn(2, 12, 13, 10),), (torch.randn(3, 12, 13, 10),))
+    others = [(torch.randn(1, 12, 20, 16),), (torch.randn(2, 12, 9, 7),)]  # padded to 20x16 and 12x8 inside
+    how = assert_exports(_tiny(), (torch.randn(2, 12, 13, 10),), (torch.randn(3, 12, 13, 10),),
+                         dynamic_dims=[(2, 3)], other_size_inputs=others)
     assert how == "script"

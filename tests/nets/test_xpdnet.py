@@ -98,11 +98,17 @@ def test_parameter_counts(preset, n_iter, refine, expected):
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
-def test_scripts_and_exports_to_onnx_with_another_batch_size():
-    model = XPDNet(n_iter=1, preset="small", refine_smaps=True)  # one iteration has every op; export is slow
-    example = _random_inputs(2, 3, (16, 12), seed=1)
-    other = _random_inputs(3, 3, (16, 12), seed=2)
-    assert assert_exports(model, example, other) == "script"
+def test_scripts_and_exports_to_onnx_with_dynamic_batch_coil_and_spatial_axes():
+    # one iteration has every op (export is slow). Exported at 16x16 with 3 coils, the ONNX model must reproduce
+    # eager at other batch, coil and matrix sizes, even and odd: fftshift as torch.roll with a symbolic shift did
+    # not convert, and the MWCNN padding must stay expressible for torch.export.
+    torch.manual_seed(0)
+    model = XPDNet(n_iter=1, n_primal=2, preset="small", refine_smaps=True)
+    example = _random_inputs(2, 3, (16, 16), seed=1)
+    other_batch = _random_inputs(3, 3, (16, 16), seed=2)
+    other_sizes = [_random_inputs(1, 4, (20, 24), seed=3), _random_inputs(2, 2, (17, 13), seed=4)]
+    dynamic = [(1, 2, 3), (2, 3), (1, 2, 3)]  # kspace [B, C, ky, kx, 2], mask [B, 1, ky, kx], smaps
+    assert assert_exports(model, example, other_batch, dynamic_dims=dynamic, other_size_inputs=other_sizes) == "script"
 
 
 def test_rejects_bad_sizes():
