@@ -1,7 +1,8 @@
 """NUFFT paths side by side: 320x320, 16 coils, radial 100 spokes x 640 samples, 2 threads, complex64.
 
-Rows: torchkbnufft via NufftOp, finufft via NufftOp, finufft called directly (one cached Plan), and the
-Toeplitz normal operator (FFTs only). Prints medians and, on the last line,
+Rows: torchkbnufft via NufftOp, finufft via NufftOp, finufft called directly (one cached Plan), and
+the Toeplitz normal operator (FFTs only; chunked as shipped, and all coils in one FFT call).
+Prints medians and, on the last line,
 ``toeplitz_speedup=<torchkbnufft fwd+adj / Toeplitz> finufft_overhead=<NufftOp finufft / raw, fwd+adj>``.
 Run: ``.venv/bin/python bench/nufft.py``.
 """
@@ -92,11 +93,13 @@ def main() -> None:
         ("finufft (NufftOp)", "fwd+adj"): lambda: fin.adjoint_coils(fin.forward_coils(coils) * weights),
         ("finufft (raw Plan)", "fwd+adj"): raw_both,
         ("toeplitz", "normal"): lambda: toeplitz_apply(coils, kernel),
+        ("toeplitz unchunked", "normal"): lambda: toeplitz_apply(coils, kernel, chunk_elements=1 << 40),
     }
     rows: dict[str, dict[str, float]] = {}
     for (path, column), seconds in interleaved_medians(fns, 9).items():
         rows.setdefault(path, {})[column] = seconds
     toeplitz_s = rows.pop("toeplitz")["normal"]
+    unchunked_s = rows.pop("toeplitz unchunked")["normal"]
 
     print(f"NUFFT {SHAPE[0]}x{SHAPE[1]}, {N_COILS} coils, radial 100x640 (K={traj.shape[1]}), "
           f"{THREADS} threads, complex64, eps={EPS}")
@@ -107,6 +110,7 @@ def main() -> None:
         cells = "".join(f"{row[column] * 1e3:>12.1f}" for column in ("forward", "adjoint", "fwd+adj"))
         print(f"{name:<24}{cells}")
     print(f"{'Toeplitz normal (FFT)':<24}{'':>12}{'':>12}{toeplitz_s * 1e3:>12.1f}")
+    print(f"{'  all coils in one call':<24}{'':>12}{'':>12}{unchunked_s * 1e3:>12.1f}")
     tkb = rows["torchkbnufft (NufftOp)"]["fwd+adj"]
     ours = rows["finufft (NufftOp)"]["fwd+adj"]
     raw = rows["finufft (raw Plan)"]["fwd+adj"]

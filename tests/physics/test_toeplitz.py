@@ -84,3 +84,12 @@ def test_kernel_validates_inputs() -> None:
         toeplitz_kernel(traj, (8, 8, 8))
     with pytest.raises(ValueError, match="weights"):
         toeplitz_kernel(traj, (8, 8), torch.ones(3))
+
+
+def test_chunking_over_leading_images_does_not_change_the_result() -> None:
+    traj = radial_2d(16, 32)
+    kernel = toeplitz_kernel(traj, (16, 16), torch.rand(traj.shape[1], generator=torch.Generator().manual_seed(9)))
+    x = _randn(2, 5, 16, 16, seed=10, dtype=torch.complex64)
+    whole = toeplitz_apply(x, kernel, chunk_elements=1 << 30)
+    for chunk_elements in (1, 3 * 32 * 32):  # one image per call; 3 per call with a ragged last chunk
+        assert torch.allclose(toeplitz_apply(x, kernel, chunk_elements=chunk_elements), whole, atol=1e-6)
