@@ -440,6 +440,7 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, name: st
         manifest["equivalence"]["sample"]["source"] = _source(sample)
         validate_manifest(manifest)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        staging.chmod(0o755)  # mkdtemp makes it private; artifacts are read by service users other than the owner
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
