@@ -4,10 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := ismrmrd-tools bart
+DEBIAN_PACKAGES := ismrmrd-tools bart dicom3tools
 DEMO_DIR := demo-output
 
-.PHONY: test demo lint bench debian clean
+.PHONY: test demo demo-artifacts lint bench debian clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,9 +34,22 @@ test: $(STAMP) debian lint
 
 demo: $(STAMP)
 	mkdir -p $(DEMO_DIR)
-	$(VENV)/bin/mrdserve simulate $(DEMO_DIR)/cartesian.h5 --trajectory cartesian --coils 8 --acceleration 4 --matrix 192
-	$(VENV)/bin/mrdserve recon $(DEMO_DIR)/cartesian.h5 -o $(DEMO_DIR) --format png
-	@echo "demo images written under $(DEMO_DIR)/"
+	for trajectory in cartesian radial spiral; do \
+	  $(VENV)/bin/mrdserve simulate $(DEMO_DIR)/$$trajectory.h5 --trajectory $$trajectory --coils 8 --acceleration 4 \
+	      --matrix 96 --seed 2024 || exit 1; \
+	  $(VENV)/bin/mrdserve recon $(DEMO_DIR)/$$trajectory.h5 -o $(DEMO_DIR)/$$trajectory --format png || exit 1; \
+	  $(VENV)/bin/mrdserve recon $(DEMO_DIR)/$$trajectory.h5 -o $(DEMO_DIR)/$$trajectory --format png \
+	      --artifact classical || exit 1; \
+	done
+	@echo "demo images in $(DEMO_DIR)/<trajectory>/: one from the fitting demo artifact, one from the classical baseline"
+
+# Retrain and re-export the bundled demo artifacts (CPU, synthetic data; see models/training/configs/demo_*.yaml).
+DEMO_CONFIGS := demo_ncpdnet_radial demo_ncpdnet_spiral demo_xpdnet
+demo-artifacts: $(STAMP)
+	for config in $(DEMO_CONFIGS); do \
+	  $(VENV)/bin/mrdserve train models/training/configs/$$config.yaml --no-resume || exit 1; \
+	  $(VENV)/bin/mrdserve export runs/$$(echo $$config | tr _ -)/latest.pt -o service/artifacts --overwrite || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(PY) bench/nufft.py
