@@ -1,0 +1,189 @@
+"""Service settings: defaults, overridden by ``MRDSERVE_*`` environment variables, overridden by command-line flags.
+
+Every field has a flag ``--field-name`` and a variable ``MRDSERVE_FIELD_NAME`` (``port`` -> ``--port``,
+``MRDSERVE_PORT``). Lists come as repeated flags or, in variables, comma-separated (``MRDSERVE_ARTIFACTS`` is
+separated by the path separator ``:``). Artifact directories given by flag or variable *replace* the bundled
+demo artifacts unless ``--with-bundled`` / ``MRDSERVE_WITH_BUNDLED=1`` keeps them in front.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from service.artifacts import BUNDLED_ARTIFACTS
+
+ENV_PREFIX = "MRDSERVE_"
+RUNNERS = ("auto", "torchscript", "onnx")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ONNX_PROVIDER_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
+                       "cpu": "CPUExecutionProvider"}
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def default_spool_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "mrdserve" / "spool"
+
+
+@dataclass
+class ServiceConfig:
+    """Everything the engine, the REST API and the MRD server need to know; validated on construction."""
+
+    host: str = "0.0.0.0"
+    port: int = 8000
+    mrd_port: int = 9002
+    artifacts: list[Path] = field(default_factory=lambda: [BUNDLED_ARTIFACTS])
+    with_bundled: bool = False
+    device: str = "auto"
+    runner: str = "auto"
+    onnx_providers: list[str] = field(default_factory=list)  # empty: CUDA+CPU on a GPU, CPU otherwise
+    max_batch: int = 4
+    max_wait_ms: float = 10.0
+    queue_size: int = 64
+    request_timeout_s: float = 120.0
+    warmup: bool = True
+    spool_dir: Path = field(default_factory=default_spool_dir)
+    spool_max_bytes: int = 10 * 1024**3
+    result_ttl_s: float = 3600.0
+    upload_max_bytes: int = 2 * 1024**3
+    api_keys: list[str] = field(default_factory=list)
+    cors_origins: list[str] = field(default_factory=list)
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        self.artifacts = [Path(p) for p in self.artifacts]
+        self.spool_dir = Path(self.spool_dir)
+        self.log_level = str(self.log_level).upper()
+        self.onnx_providers = [ONNX_PROVIDER_NAMES.get(p.lower(), p) for p in self.onnx_providers]
+        for name in ("port", "mrd_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be a TCP port in 0..65535, got {getattr(self, name)}")
+        for name in ("max_batch", "queue_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("request_timeout_s", "result_ttl_s", "spool_max_bytes", "upload_max_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if not _DEVICE.match(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if not self.artifacts:
+            raise ValueError("artifacts must name at least one directory")
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1000.0
+
+    @classmethod
+    def from_env_and_args(cls, args: argparse.Namespace | Mapping[str, Any] | None = None,
+                          env: Mapping[str, str] | None = None) -> ServiceConfig:
+        """Defaults < ``MRDSERVE_*`` variables (``env``, default ``os.environ``) < ``args`` values that are not None.
+
+        ``args`` is an argparse namespace (or a dict) whose attribute names are field names; flags should default
+        to None so that an absent flag does not hide a variable. Bad values raise ValueError naming the flag or
+        variable.
+        """
+        env = os.environ if env is None else env
+        given = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+        values: dict[str, Any] = {}
+        replaced_artifacts = False
+        for spec in fields(cls):
+            variable = ENV_PREFIX + spec.name.upper()
+            flag = "--" + spec.name.replace("_", "-")
+            if given.get(spec.name) is not None:
+                values[spec.name] = _convert(spec.name, given[spec.name], flag)
+            elif env.get(variable) not in (None, ""):
+                values[spec.name] = _convert(spec.name, env[variable], variable)
+            else:
+                continue
+            replaced_artifacts |= spec.name == "artifacts"
+        if replaced_artifacts and values.get("with_bundled", False):
+            values["artifacts"] = [BUNDLED_ARTIFACTS, *values["artifacts"]]
+        try:
+            return cls(**values)
+        except ValueError as error:
+            raise ValueError(f"invalid service configuration: {error}") from error
+
+    def with_overrides(self, **changes: Any) -> ServiceConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+
+_INTS = ("port", "mrd_port", "max_batch", "queue_size", "spool_max_bytes", "upload_max_bytes")
+_FLOATS = ("max_wait_ms", "request_timeout_s", "result_ttl_s")
+_BOOLS = ("with_bundled", "warmup")
+_LISTS = ("api_keys", "cors_origins", "onnx_providers")
+
+
+def _convert(name: str, value: Any, source: str) -> Any:
+    """``value`` (a string from the environment, or an already-typed flag value) as the field's type."""
+    try:
+        if name in _INTS:
+            return int(value)
+        if name in _FLOATS:
+            return float(value)
+        if name in _BOOLS:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text not in _TRUE + _FALSE:
+                raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE[:-1])}")
+            return text in _TRUE
+    except ValueError as error:
+        kind = "an integer" if name in _INTS else "a number" if name in _FLOATS else "a boolean"
+        raise ValueError(f"{source}: expected {kind}, got {value!r}") from error
+    if name == "artifacts":
+        items = value.split(os.pathsep) if isinstance(value, str) else list(value)
+        return [Path(p) for p in items if str(p)]
+    if name in _LISTS:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return [str(p).strip() for p in items if str(p).strip()]
+    if name == "spool_dir":
+        return Path(value)
+    return str(value)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags for every field, all defaulting to None so that ``from_env_and_args`` sees what was given."""
+    add = parser.add_argument
+    add("--host", default=None, help="REST bind address (default 0.0.0.0; MRDSERVE_HOST)")
+    add("--port", type=int, default=None, help="REST port (default 8000; MRDSERVE_PORT)")
+    add("--mrd-port", type=int, default=None, help="MRD streaming port (default 9002; MRDSERVE_MRD_PORT)")
+    add("--artifacts", action="append", type=Path, default=None, metavar="DIR",
+        help="artifact directory (repeatable; replaces the bundled demo artifacts unless --with-bundled; "
+             "MRDSERVE_ARTIFACTS, ':'-separated)")
+    add("--with-bundled", action="store_true", default=None,
+        help="keep the bundled demo artifacts in front of --artifacts (MRDSERVE_WITH_BUNDLED)")
+    add("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto; MRDSERVE_DEVICE)")
+    add("--runner", choices=RUNNERS, default=None,
+        help="auto (TorchScript), torchscript or onnx (MRDSERVE_RUNNER)")
+    add("--onnx-providers", action="append", default=None, metavar="PROVIDER",
+        help="ONNX Runtime execution provider, in order: tensorrt, cuda, cpu or a full name (repeatable; "
+             "MRDSERVE_ONNX_PROVIDERS, comma-separated)")
+    add("--max-batch", type=int, default=None, help="largest batch per artifact (default 4)")
+    add("--max-wait-ms", type=float, default=None, help="longest wait to fill a batch (default 10 ms)")
+    add("--queue-size", type=int, default=None, help="jobs waiting per artifact before 503 (default 64)")
+    add("--request-timeout-s", type=float, default=None, help="per-request timeout (default 120 s)")
+    add("--spool-dir", type=Path, default=None, help="where asynchronous jobs are spooled")
+    add("--spool-max-bytes", type=int, default=None, help="spool size bound (default 10 GiB)")
+    add("--result-ttl-s", type=float, default=None, help="how long results are kept (default 3600 s)")
+    add("--upload-max-bytes", type=int, default=None, help="largest upload (default 2 GiB)")
+    add("--api-keys", action="append", default=None, metavar="KEY",
+        help="accepted API key (repeatable; MRDSERVE_API_KEYS, comma-separated); none: no authentication")
+    add("--cors-origins", action="append", default=None, metavar="ORIGIN",
+        help="allowed CORS origin (repeatable; MRDSERVE_CORS_ORIGINS); none: CORS off")
+    add("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    return parser
