@@ -1,7 +1,8 @@
-"""`mrdserve recon`: reconstruct a whole file offline and write one image file per slice.
+"""`mrdserve recon`: reconstruct a whole file offline and write the images as PNG, DICOM, NIfTI or ISMRMRD.
 
 Each slice goes to the artifact whose manifest fits it (or the one named with ``--artifact``); when none fits,
-the classical baseline of its task reconstructs it, and the output name says which method made each image.
+the classical baseline of its task reconstructs it, and the output (PNG names, DICOM/ISMRMRD image comments)
+says which method made each image.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import h5py
+import numpy as np
 import torch
 
 from models.data.baseline import classical_reconstruction
@@ -19,11 +22,14 @@ from models.data.ismrmrd_io import read_ismrmrd
 from models.data.prepare import collate, output_to_image, prepare_sample
 from models.data.sample import KSpaceSample
 from service.artifacts import Artifact, choose, load_artifacts
-from service.outputs.png import write_png
+from service.engine.result import ReconResult
+from service.outputs.dicom import write_dicom_series
+from service.outputs.ismrmrd_images import write_ismrmrd_images
+from service.outputs.nifti import write_nifti
+from service.outputs.package import write_pngs
 from service.runners import RUNNER_KINDS, Runner, load_runner, resolve_device
 
 FORMATS = ("png", "dicom", "nifti", "ismrmrd")
-AVAILABLE_FORMATS = ("png",)
 CLASSICAL = "classical"
 
 
@@ -47,6 +53,11 @@ def add_recon_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_samples(path: Path, trajectory_units: str | None = None) -> list[KSpaceSample]:
     """Read every sample of an ISMRMRD file, or of a fastMRI file (recognised by its `kspace` dataset)."""
+    return read_input(path, trajectory_units)[1]
+
+
+def read_input(path: Path, trajectory_units: str | None = None) -> tuple[Any, list[KSpaceSample]]:
+    """The ISMRMRD header (a fastMRI file's embedded one, or None) and every sample of an input file."""
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
     try:
@@ -55,13 +66,9 @@ def read_samples(path: Path, trajectory_units: str | None = None) -> list[KSpace
     except OSError as exc:
         raise ValueError(f"{path} is not a readable HDF5 file ({exc})") from exc
     if is_fastmri:
-        return read_fastmri(path)[0]
-    return read_ismrmrd(path, trajectory_units=trajectory_units)[1]
-
-
-def output_name(sample: KSpaceSample, method: str) -> str:
-    i = sample.index
-    return f"slice{i.slice:03d}_contrast{i.contrast:02d}_rep{i.repetition:02d}_set{i.set:02d}_{method}"
+        volume = read_fastmri(path)
+        return volume.header, volume.samples
+    return read_ismrmrd(path, trajectory_units=trajectory_units)
 
 
 class OfflineReconstructor:
@@ -83,7 +90,12 @@ class OfflineReconstructor:
 
     def reconstruct(self, sample: KSpaceSample) -> tuple[torch.Tensor, str]:
         """Magnitude image in recon space and the label of what made it (artifact label or classical method)."""
-        artifact = None if self.requested == CLASSICAL else choose(self.artifacts, sample, self.requested)
+        return self._reconstruct_with(sample, self._choose(sample))
+
+    def _choose(self, sample: KSpaceSample) -> Artifact | None:
+        return None if self.requested == CLASSICAL else choose(self.artifacts, sample, self.requested)
+
+    def _reconstruct_with(self, sample: KSpaceSample, artifact: Artifact | None) -> tuple[torch.Tensor, str]:
         if artifact is None:
             result = classical_reconstruction(sample, method=self.method, device=self.device)
             return result.image, result.method
@@ -93,29 +105,46 @@ class OfflineReconstructor:
         image = output_to_image(output.to(prepared.scale.device), prepared.scale, prepared.recon_matrix)[0]
         return image, artifact.label
 
+    def reconstruct_result(self, sample: KSpaceSample) -> ReconResult:
+        """``reconstruct`` as a ``ReconResult`` (what the output writers take), saying why a fallback was used."""
+        artifact = self._choose(sample)
+        image, label = self._reconstruct_with(sample, artifact)
+        array = image.detach().cpu().numpy().astype(np.float32)
+        if artifact is not None:
+            return ReconResult(array, sample, label, artifact=artifact.name, version=artifact.version)
+        reason = ("classical requested" if self.requested == CLASSICAL
+                  else "no artifacts loaded" if not self.artifacts else "no artifact fits this data")
+        return ReconResult(array, sample, f"classical:{label}", fallback_reason=reason)
+
+
+def write_outputs(results: list[ReconResult], header: Any, fmt: str, out_dir: Path) -> list[Path]:
+    """Write ``results`` into ``out_dir``: PNGs or DICOM files one per slice, or one NIfTI / ISMRMRD file."""
+    if fmt == "png":
+        return write_pngs(results, out_dir)
+    if fmt == "dicom":
+        return write_dicom_series(results, header, out_dir)
+    if fmt == "nifti":
+        return [write_nifti(results, header, out_dir / "images.nii.gz")]
+    if fmt == "ismrmrd":
+        return [write_ismrmrd_images(results, header, out_dir / "images.h5")]
+    raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
 
 def run_recon(args: argparse.Namespace) -> int:
-    if args.format not in AVAILABLE_FORMATS:
-        print(f"mrdserve recon: --format {args.format} is not yet available (arrives with the runtime, issue 5); "
-              f"use one of {', '.join(AVAILABLE_FORMATS)}", file=sys.stderr)
-        return 2
     try:
-        samples = read_samples(args.input, args.trajectory_units)
+        header, samples = read_input(args.input, args.trajectory_units)
         artifacts = [] if args.artifact == CLASSICAL else load_artifacts(args.artifacts)
         reconstructor = OfflineReconstructor(artifacts, args.artifact, args.runner, resolve_device(args.device),
                                              args.method)
         args.output.mkdir(parents=True, exist_ok=True)
+        results = []
         for sample in samples:
-            image, label = reconstructor.reconstruct(sample)
-            image = image.detach().cpu().numpy()
-            if image.ndim == 3:  # 3D volume: one PNG per partition
-                for z, plane in enumerate(image):
-                    write_png(plane, args.output / f"{output_name(sample, label)}_z{z:03d}.png")
-            else:
-                write_png(image, args.output / f"{output_name(sample, label)}.png")
-            print(f"slice {sample.index.slice}: {label}")
+            results.append(reconstructor.reconstruct_result(sample))
+            print(f"slice {sample.index.slice}: {results[-1].label.removeprefix('classical:')}")
+        written = write_outputs(results, header, args.format, args.output)
     except (ValueError, FileNotFoundError) as exc:
         print(f"mrdserve recon: {exc}", file=sys.stderr)
         return 2
-    print(f"reconstructed {len(samples)} image(s) from {args.input.name} into {args.output}")
+    print(f"reconstructed {len(samples)} image(s) from {args.input.name} into {args.output} "
+          f"({len(written)} {args.format} file(s))")
     return 0

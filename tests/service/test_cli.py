@@ -50,11 +50,13 @@ def test_simulate_then_recon_writes_pngs(tmp_path):
     assert image.dtype == np.uint8 and image.max() == 255 and image.std() > 20
 
 
-def test_recon_reports_missing_input_and_unavailable_format(tmp_path, capsys):
+def test_recon_reports_missing_and_unreadable_input(tmp_path, capsys):
     assert main(["recon", str(tmp_path / "absent.h5"), "-o", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
-    assert main(["recon", str(tmp_path / "absent.h5"), "-o", str(tmp_path), "--format", "dicom"]) == 2
-    assert "not yet available" in capsys.readouterr().err
+    text = tmp_path / "notes.h5"
+    text.write_text("not an HDF5 file")
+    assert main(["recon", str(text), "-o", str(tmp_path), "--format", "dicom"]) == 2
+    assert "not a readable HDF5 file" in capsys.readouterr().err
 
 
 def test_runtime_commands_do_not_load_training_code():

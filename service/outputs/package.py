@@ -1,0 +1,83 @@
+"""Package results in the format a client asked for: one file to send back (DICOM and PNG series zipped)."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.engine.result import ReconResult
+from service.outputs.dicom import write_dicom_series
+from service.outputs.ismrmrd_images import write_ismrmrd_images
+from service.outputs.nifti import write_nifti
+from service.outputs.png import write_png
+
+PACKAGE_FORMATS = ("dicom", "nifti", "ismrmrd", "png")
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """A file ready to send: where it is, its media type, and the name to offer the client."""
+
+    path: Path
+    media_type: str
+    filename: str
+
+
+def output_stem(result: ReconResult) -> str:
+    """A file-name stem naming the image's indices and its maker (artifact label or classical method)."""
+    i = result.sample.index
+    maker = result.label.replace("classical:", "").replace("/", "_").replace(" ", "_")
+    return f"slice{i.slice:03d}_contrast{i.contrast:02d}_rep{i.repetition:02d}_set{i.set:02d}_{maker}"
+
+
+def write_pngs(results: list[ReconResult], out_dir: Path) -> list[Path]:
+    """One PNG preview per 2D image (per partition of a 3D volume); names say the indices and the maker."""
+    out_dir = Path(out_dir)
+    paths = []
+    for result in results:
+        stem = output_stem(result)
+        if result.sample.index.phase:
+            stem = f"{stem}_phase{result.sample.index.phase:02d}"
+        if result.image.ndim == 3:
+            paths += [write_png(plane, out_dir / f"{stem}_z{z:03d}.png") for z, plane in enumerate(result.image)]
+        else:
+            paths.append(write_png(result.image, out_dir / f"{stem}.png"))
+    return paths
+
+
+def _zip(files: list[Path], root: Path, path: Path) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for file in files:
+            archive.write(file, arcname=str(file.relative_to(root)))
+    return path
+
+
+def package_results(results: list[ReconResult], header: Any, fmt: str, work_dir: Path) -> Packaged:
+    """Write ``results`` as ``fmt`` under ``work_dir`` and return the one file to send back.
+
+    dicom -> ``images-dicom.zip`` (one series), png -> ``images-png.zip``, nifti -> ``images.nii.gz``,
+    ismrmrd -> ``images.h5`` (ISMRMRD images with the header).
+    """
+    if fmt not in PACKAGE_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(PACKAGE_FORMATS)}, got {fmt!r}")
+    if not results:
+        raise ValueError("results: nothing to package (no images)")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if fmt == "dicom":
+        series = work_dir / "dicom"
+        files = write_dicom_series(results, header, series)
+        path = _zip(files, series, work_dir / "images-dicom.zip")
+        return Packaged(path, "application/zip", path.name)
+    if fmt == "png":
+        previews = work_dir / "png"
+        files = write_pngs(results, previews)
+        path = _zip(files, previews, work_dir / "images-png.zip")
+        return Packaged(path, "application/zip", path.name)
+    if fmt == "nifti":
+        path = write_nifti(results, header, work_dir / "images.nii.gz")
+        return Packaged(path, "application/gzip", path.name)
+    path = write_ismrmrd_images(results, header, work_dir / "images.h5")
+    return Packaged(path, "application/x-hdf5", path.name)
