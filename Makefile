@@ -4,10 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := ismrmrd-tools bart dicom3tools
 DEMO_DIR := demo-output
 
-.PHONY: test demo demo-artifacts lint bench debian clean
+.PHONY: test demo demo-artifacts lint bench debian demo-debian clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,14 +16,24 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-# Reference tools the tests compare against (ISMRMRD generator and recon, BART).
-debian:
-	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Debian packages: reference tools the tests compare against (ISMRMRD generator and recon, BART, the DICOM
+# validator) and curl for the demo's REST client. Installed only when missing.
+TEST_DEBIAN_PACKAGES := ismrmrd-tools bart dicom3tools
+DEMO_DEBIAN_PACKAGES := curl
+define install_debian
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
+
+debian:
+	$(call install_debian,$(TEST_DEBIAN_PACKAGES))
+
+demo-debian:
+	$(call install_debian,$(DEMO_DEBIAN_PACKAGES))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -32,7 +41,7 @@ lint: $(STAMP)
 test: $(STAMP) debian lint
 	$(PY) -m pytest
 
-demo: $(STAMP)
+demo: $(STAMP) demo-debian
 	mkdir -p $(DEMO_DIR)
 	for trajectory in cartesian radial spiral; do \
 	  $(VENV)/bin/mrdserve simulate $(DEMO_DIR)/$$trajectory.h5 --trajectory $$trajectory --coils 8 --acceleration 4 \
@@ -42,6 +51,26 @@ demo: $(STAMP)
 	      --artifact classical || exit 1; \
 	done
 	@echo "demo images in $(DEMO_DIR)/<trajectory>/: one from the fitting demo artifact, one from the classical baseline"
+	@# The same files through the REST service: start it on free loopback ports, POST, unpack DICOM + PNG, stop it.
+	@port=$$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	mrd_port=$$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	$(VENV)/bin/mrdserve serve --host 127.0.0.1 --port $$port --mrd-port $$mrd_port --spool-dir $(DEMO_DIR)/spool \
+	    --log-level WARNING & pid=$$!; trap 'kill $$pid 2>/dev/null' EXIT; \
+	for i in $$(seq 1 600); do curl -sf http://127.0.0.1:$$port/readyz >/dev/null && break; sleep 0.2; done; \
+	curl -sf http://127.0.0.1:$$port/readyz >/dev/null || { echo "mrdserve serve did not become ready"; exit 1; }; \
+	for trajectory in cartesian radial spiral; do \
+	  for format in dicom png; do \
+	    out=$(DEMO_DIR)/rest/$$trajectory-$$format; mkdir -p $$out; \
+	    seconds=$$(curl -sf -D $$out.headers -o $$out.zip -w '%{time_total}' -F file=@$(DEMO_DIR)/$$trajectory.h5 \
+	        "http://127.0.0.1:$$port/v1/reconstructions?format=$$format") || { echo "POST $$trajectory failed"; exit 1; }; \
+	    slices=$$(grep -i '^x-mrdserve-slices' $$out.headers | tr -dc '0-9'); \
+	    label=$$(grep -i '^x-mrdserve-labels' $$out.headers | cut -d' ' -f2 | tr -d '\r'); \
+	    $(PY) -m zipfile -e $$out.zip $$out && rm -f $$out.zip $$out.headers; \
+	    $(PY) -c "print(f'REST $$trajectory -> $$format: {1000 * $$seconds / $$slices:.1f} ms per slice ($$slices slice(s), $$label)')"; \
+	  done; \
+	done; \
+	kill $$pid; wait $$pid 2>/dev/null; \
+	echo "REST results (DICOM + PNG) in $(DEMO_DIR)/rest/"
 
 # Retrain and re-export the bundled demo artifacts (CPU, synthetic data; see models/training/configs/demo_*.yaml).
 DEMO_CONFIGS := demo_ncpdnet_radial demo_ncpdnet_spiral demo_xpdnet

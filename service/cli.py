@@ -40,20 +40,10 @@ COMMANDS: dict[str, Command] = {
                       "export a checkpoint as an artifact (TorchScript + ONNX + manifest)"),
     "models": Command("service.registry_cli", "add_models_arguments", "run_models",
                       "list the artifacts the registry sees"),
+    "serve": Command("service.serve", "add_serve_arguments", "run_serve",
+                     "run the REST API (and, from issue 6, the MRD server)",
+                     "Serve reconstructions over HTTP (REST API, OpenAPI at /docs) with the configured artifacts."),
 }
-
-NOT_YET = {
-    "serve": "the REST API and MRD server (issues 5 and 6)",
-}
-
-
-def _not_yet(name: str):
-    def run(_: argparse.Namespace) -> int:
-        print(f"mrdserve {name}: not yet available; it arrives with {NOT_YET[name]}.", file=sys.stderr)
-        return 2
-
-    return run
-
 
 def build_parser(load: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The full parser; only the subcommands named in ``load`` (all when None) get their arguments imported."""
@@ -68,10 +58,6 @@ def build_parser(load: Sequence[str] | None = None) -> argparse.ArgumentParser:
             module = importlib.import_module(command.module)
             getattr(module, command.add_arguments)(child)
             child.set_defaults(handler=getattr(module, command.run))
-    for name, what in NOT_YET.items():
-        stub = sub.add_parser(name, help=f"(not yet available: {what})", description=f"Not yet available: {what}.")
-        stub.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        stub.set_defaults(handler=_not_yet(name))
     return parser
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.cli import COMMANDS, NOT_YET, main
+from service.cli import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,22 +19,16 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_every_subcommand():
     result = _run("--help")
     assert result.returncode == 0
-    for name in (*COMMANDS, *NOT_YET):
+    for name in COMMANDS:
         assert name in result.stdout
 
 
-@pytest.mark.parametrize("name", [*COMMANDS, *NOT_YET])
+@pytest.mark.parametrize("name", list(COMMANDS))
 def test_every_subcommand_has_help(name, capsys):
     with pytest.raises(SystemExit) as exc:
         main([name, "--help"])
     assert exc.value.code == 0
     assert "usage: mrdserve" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name", sorted(NOT_YET))
-def test_pending_subcommands_say_so(name, capsys):
-    assert main([name]) == 2
-    assert "not yet available" in capsys.readouterr().err
 
 
 def test_simulate_then_recon_writes_pngs(tmp_path):

@@ -1,0 +1,546 @@
+"""The REST API (FastAPI): ISMRMRD HDF5 in, DICOM / NIfTI / ISMRMRD images / PNG out, plus health and metrics.
+
+``POST /v1/reconstructions`` streams the upload to disk (size-limited), reads it with ``models.data`` (every
+problem a user can cause -> 4xx JSON naming it), hands the samples to the engine (dynamic batching; a full queue
+-> 503 with Retry-After) and returns the packaged result; ``?mode=async`` spools the job instead (202 + id) and
+``GET /v1/reconstructions/{id}`` / ``.../result`` report and deliver it. Errors are JSON
+``{"error": code, "message": text, "request_id": id}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import math
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import h5py
+import torch
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.data.ismrmrd_header import encoding_info, parse_header
+from models.data.ismrmrd_io import read_ismrmrd
+from models.data.sample import KSpaceSample
+from service.config import ServiceConfig
+from service.log import log_event, new_request_id, request_id_var
+from service.metrics import render
+from service.spool import FAILED, SUCCEEDED, Job, JobSpool, SpoolFullError
+
+logger = logging.getLogger("mrdserve.api")
+
+UPLOAD_FIELD = "file"
+SUPPORTED_TRAJECTORIES = ("cartesian", "radial", "goldenangle", "spiral")
+MULTIPART_SLACK = 64 * 1024  # multipart framing around the file part, allowed on top of the upload limit
+EXPIRY_INTERVAL_S = 60.0
+
+
+class OutputFormat(StrEnum):
+    dicom = "dicom"
+    nifti = "nifti"
+    ismrmrd = "ismrmrd"
+    png = "png"
+
+
+class Mode(StrEnum):
+    sync = "sync"
+    async_ = "async"
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, a stable code and a message a person can act on."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+# ------------------------------------------------------------------------------------------------ upload
+async def receive_upload(request: Request, destination: Path, max_bytes: int, too_large: ApiError) -> int:
+    """Stream the request's file (multipart field ``file``, or a raw HDF5 body) to ``destination``; its size."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + MULTIPART_SLACK:
+        raise too_large
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    written = 0
+    with open(destination, "wb") as sink:
+        def write(data: bytes) -> None:
+            nonlocal written
+            written += len(data)
+            if written > max_bytes:
+                raise too_large
+            sink.write(data)
+
+        if content_type == b"multipart/form-data":
+            found = await _receive_multipart(request, options.get(b"boundary"), write)
+            if not found:
+                raise ApiError(422, "missing_file", f"the multipart upload has no field {UPLOAD_FIELD!r}; send the "
+                                                    f"ISMRMRD file as multipart field {UPLOAD_FIELD!r}")
+        else:
+            async for chunk in request.stream():
+                write(chunk)
+    if written == 0:
+        raise ApiError(422, "empty_upload", "the upload is empty; send an ISMRMRD HDF5 file as multipart field "
+                                            f"{UPLOAD_FIELD!r}")
+    return written
+
+
+async def _receive_multipart(request: Request, boundary: bytes | None, write: Callable[[bytes], None]) -> bool:
+    """Feed the body through a streaming multipart parser, writing only the ``file`` part; whether it was found."""
+    if not boundary:
+        raise ApiError(400, "bad_multipart", "multipart/form-data upload without a boundary")
+    state = {"field": b"", "value": b"", "headers": {}, "target": False, "found": False}
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["field"].lower()] = state["value"]
+        state["field"] = state["value"] = b""
+
+    def on_headers_finished() -> None:
+        _, disposition = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        state["target"] = disposition.get(b"name") == UPLOAD_FIELD.encode() and not state["found"]
+        state["found"] = state["found"] or state["target"]
+        state["headers"] = {}
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if state["target"]:
+            write(data[start:end])
+
+    def on_part_end() -> None:
+        state["target"] = False
+
+    parser = MultipartParser(boundary, {
+        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end})
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except ApiError:
+        raise
+    except Exception as error:  # python-multipart raises its own parse errors
+        raise ApiError(400, "bad_multipart", f"the multipart upload could not be parsed: {error}") from error
+    return bool(state["found"])
+
+
+# ------------------------------------------------------------------------------------------------ ingest
+def ingest(path: Path, group: str) -> tuple[Any, list[KSpaceSample]]:
+    """Read an uploaded ISMRMRD file into samples; ``ApiError`` (4xx) naming what is wrong with it."""
+    if not h5py.is_hdf5(path):
+        raise ApiError(415, "not_hdf5", "the upload is not an HDF5 file; send an ISMRMRD HDF5 file (.h5)")
+    try:
+        with h5py.File(path, "r") as f:
+            if group not in f or not isinstance(f[group], h5py.Group):
+                raise ApiError(422, "no_ismrmrd_dataset", f"the HDF5 file has no ISMRMRD dataset group {group!r} "
+                                                          f"(top-level groups: {sorted(f)}); choose one with ?group=")
+            dataset = f[group]
+            if "xml" not in dataset:
+                raise ApiError(422, "no_ismrmrd_header", f"the HDF5 group {group!r} has no ISMRMRD header ('xml' "
+                                                         f"dataset); is this an ISMRMRD file?")
+            xml = dataset["xml"][0]
+            has_data = "data" in dataset and dataset["data"].size > 0
+    except OSError as error:
+        raise ApiError(422, "unreadable_hdf5",
+                       f"the HDF5 file cannot be read (truncated or corrupt): {error}") from error
+    try:
+        trajectory = encoding_info(parse_header(xml.decode("utf-8", "replace") if isinstance(xml, bytes) else xml))
+    except ValueError as error:
+        raise ApiError(422, "invalid_ismrmrd_header", f"the ISMRMRD header cannot be used: {error}") from error
+    if trajectory.trajectory not in SUPPORTED_TRAJECTORIES:
+        raise ApiError(422, "unsupported_trajectory", f"trajectory {trajectory.trajectory!r} in the ISMRMRD header "
+                                                      f"is not supported; supported: "
+                                                      f"{', '.join(SUPPORTED_TRAJECTORIES)}")
+    if not has_data:
+        raise ApiError(422, "no_data", f"the ISMRMRD dataset {group!r} holds a header but no acquisitions")
+    try:
+        header, samples = read_ismrmrd(path, dataset=group)
+    except ValueError as error:
+        message = str(error).replace(str(path), "the upload")
+        code = "no_data" if "no data acquisitions" in message or "holds no acquisitions" in message \
+            else "inconsistent_data"
+        raise ApiError(422, code, f"the ISMRMRD data cannot be reconstructed: {message}") from error
+    for sample in samples:
+        if not bool(torch.isfinite(torch.view_as_real(sample.kspace)).all()):
+            raise ApiError(422, "non_finite_data", f"the k-space of slice {sample.index.slice} (contrast "
+                                                   f"{sample.index.contrast}, repetition {sample.index.repetition}) "
+                                                   f"holds NaN or infinite values")
+    return header, samples
+
+
+def package(results: list[Any], header: Any, fmt: str, work_dir: Path) -> Any:
+    """The results as one file in ``fmt`` (``service.outputs.package``), imported when first needed."""
+    from service.outputs.package import package_results
+    return package_results(results, header, fmt, work_dir)
+
+
+# ------------------------------------------------------------------------------------------------ app
+def _error_response(error: ApiError) -> JSONResponse:
+    body = {"error": error.code, "message": error.message, "request_id": request_id_var.get()}
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
+class RequestContext:
+    """Pure ASGI middleware: a request id per request (``X-Request-ID``), and one JSON log line per request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if 0 < len(given) <= 64 and given.replace("-", "").isalnum() else new_request_id()
+        token = request_id_var.set(request_id)
+        started, status = time.perf_counter(), {"code": 500}
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log_event(logger, "request", method=scope["method"], path=scope["path"], status=status["code"],
+                      duration_ms=round(1000 * (time.perf_counter() - started), 2))
+            request_id_var.reset(token)
+
+
+def _engine_error_types() -> tuple[type[BaseException], type[BaseException]]:
+    from service.engine.batcher import QueueFullError, ReconstructionError
+    return QueueFullError, ReconstructionError
+
+
+def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
+    """The FastAPI app serving ``engine`` (built from ``config`` and started with the app when None)."""
+    if engine is None:
+        from service.engine.engine import Engine
+        engine = Engine(config)
+    queue_full_error, reconstruction_error = _engine_error_types()
+    spool = JobSpool(config.spool_dir, config.spool_max_bytes, config.result_ttl_s)
+    work_root = Path(config.spool_dir) / "work"
+    state: dict[str, Any] = {"start_error": None, "tasks": set()}
+    job_queue: asyncio.Queue[str] = asyncio.Queue()
+    ready = asyncio.Event()
+
+    # -------------------------------------------------------------------------------------- lifecycle
+    async def start_engine() -> None:
+        try:
+            await engine.start()
+        except Exception as error:  # reported by /readyz and the log, the process stays up
+            state["start_error"] = str(error)
+            log_event(logger, "engine_start_failed", logging.ERROR, reason=str(error))
+            return
+        ready.set()
+        for job in spool.recover():
+            log_event(logger, "job_recovered", job_id=job.id, attempts=job.attempts)
+            job_queue.put_nowait(job.id)
+        log_event(logger, "ready", models=len(engine.models()))
+
+    async def expire_results() -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_INTERVAL_S)
+            removed = await run_in_threadpool(spool.expire)
+            if removed:
+                log_event(logger, "jobs_expired", count=removed)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        shutil.rmtree(work_root, ignore_errors=True)
+        work_root.mkdir(parents=True, exist_ok=True)
+        background = [asyncio.create_task(start_engine()), asyncio.create_task(expire_results())]
+        background += [asyncio.create_task(job_worker()) for _ in range(max(1, config.max_batch))]
+        try:
+            yield
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await engine.shutdown()
+            log_event(logger, "stopped")
+
+    app = FastAPI(title="mrdserve", version="1", lifespan=lifespan, description=(
+        "Online MRI reconstruction: POST an ISMRMRD HDF5 file, get DICOM, NIfTI, ISMRMRD images or PNG back."))
+    app.add_middleware(RequestContext)
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Retry-After"])
+    app.state.engine, app.state.spool, app.state.config = engine, spool, config
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(_: Request, error: ApiError) -> JSONResponse:
+        return _error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+                             for e in error.errors())
+        return _error_response(ApiError(422, "invalid_parameter", problems))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return _error_response(ApiError(error.status_code, "http_error", str(error.detail), dict(error.headers or {})))
+
+    # -------------------------------------------------------------------------------------- auth
+    async def require_api_key(request: Request) -> None:
+        if not config.api_keys:
+            return
+        given = request.headers.get("x-api-key")
+        authorization = request.headers.get("authorization", "")
+        if given is None and authorization.lower().startswith("bearer "):
+            given = authorization[7:].strip()
+        if given is None or not any(hmac.compare_digest(given.encode(), key.encode()) for key in config.api_keys):
+            raise ApiError(401, "unauthorized", "a valid API key is required: send it as header X-API-Key or "
+                                                "Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"})
+
+    # -------------------------------------------------------------------------------------- reconstruction
+    async def reconstruct(samples: list[KSpaceSample], artifact: str | None,
+                          disconnected: Callable[[], Awaitable[bool]] | None = None) -> list[Any]:
+        """Run the engine, mapping its errors to API errors; cancel it when the client goes away."""
+        task = asyncio.ensure_future(engine.reconstruct(samples, artifact=artifact, request_id=request_id_var.get()))
+        try:
+            while disconnected is not None and not task.done():
+                await asyncio.wait({task}, timeout=0.25)
+                if not task.done() and await disconnected():
+                    task.cancel()
+                    log_event(logger, "client_disconnected")
+            return await task
+        except queue_full_error as error:
+            retry = max(1, math.ceil(float(getattr(error, "retry_after_s", 1.0))))
+            raise ApiError(503, "queue_full", f"{error}; retry after {retry} s", {"Retry-After": str(retry)}) from error
+        except reconstruction_error as error:
+            raise ApiError(500, "reconstruction_failed", f"the reconstruction failed: {error}") from error
+        except TimeoutError as error:
+            raise ApiError(504, "timeout", str(error) or "the reconstruction timed out") from error
+        except ValueError as error:
+            raise ApiError(422, "invalid_request", str(error)) from error
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def _result_headers(results: list[Any]) -> dict[str, str]:
+        labels = sorted({str(r.label) for r in results})
+        headers = {"X-Mrdserve-Slices": str(len(results)), "X-Mrdserve-Labels": ",".join(labels)}
+        fallbacks = sorted({r.fallback_reason for r in results if r.fallback_reason})
+        if fallbacks:
+            headers["X-Mrdserve-Fallback"] = "; ".join(fallbacks).encode("ascii", "replace").decode()[:500]
+        return headers
+
+    def _count(results: list[Any] | None, outcome: str) -> None:
+        labels = sorted({r.label for r in results}) if results else ["none"]
+        for label in labels:
+            engine.metrics.count_request("rest", label, outcome)
+
+    def check_ready() -> None:
+        if not ready.is_set():
+            reason = state["start_error"] or "the engine is loading and warming up its artifacts"
+            raise ApiError(503, "not_ready", f"not ready: {reason}", {"Retry-After": "5"})
+
+    @app.post("/v1/reconstructions", dependencies=[Depends(require_api_key)], openapi_extra={
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": [UPLOAD_FIELD],
+            "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary",
+                                          "description": "ISMRMRD HDF5 file"}}}}}}},
+        responses={200: {"description": "the result file (zip for dicom/png, .nii.gz, .h5)"},
+                   202: {"description": "async job accepted"}, 413: {"description": "upload too large"},
+                   415: {"description": "not HDF5"}, 422: {"description": "bad ISMRMRD input"},
+                   503: {"description": "queue full (Retry-After) or not ready"}})
+    async def create_reconstruction(
+        request: Request,
+        format: Annotated[OutputFormat, Query(description="dicom/png -> zip, nifti, ismrmrd -> HDF5")] = (
+            OutputFormat.dicom),
+        artifact: Annotated[str | None, Query(description="artifact name or name-version; default: the one that "
+                                                          "fits")] = None,
+        group: Annotated[str, Query(description="ISMRMRD dataset group in the file")] = "dataset",
+        mode: Annotated[Mode, Query(description="async: 202 with a job id, poll /v1/reconstructions/{id}")] = (
+            Mode.sync),
+    ) -> Response:
+        """Reconstruct an uploaded ISMRMRD file and return the images in the format asked for."""
+        params = {"format": format.value, "artifact": artifact, "group": group}
+        too_large = ApiError(413, "too_large", f"the upload is larger than the limit of {config.upload_max_bytes} "
+                                               f"bytes (upload_max_bytes)", {"Connection": "close"})
+        if mode is Mode.async_:  # spooled jobs are accepted while warming up; they run once ready
+            return await accept_job(request, params, too_large)
+        check_ready()
+        started = time.perf_counter()
+        work_dir = work_root / uuid.uuid4().hex
+        work_dir.mkdir(parents=True)
+        results = None
+        try:
+            upload = work_dir / "input.h5"
+            await receive_upload(request, upload, config.upload_max_bytes, too_large)
+            header, samples = await run_in_threadpool(ingest, upload, group)
+            ingested = time.perf_counter()
+            results = await reconstruct(samples, artifact, request.is_disconnected)
+            reconstructed = time.perf_counter()
+            packaged = await run_in_threadpool(package, results, header, format.value, work_dir / "out")
+            finished = time.perf_counter()
+        except ApiError as error:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            _count(results, "rejected" if error.status < 500 or error.status == 503 else "failed")
+            raise
+        except BaseException:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
+        metrics = engine.metrics
+        metrics.observe_stage("ingest", ingested - started)
+        metrics.observe_stage("output", finished - reconstructed)
+        metrics.observe_stage("total", finished - started)
+        _count(results, "ok")
+        log_event(logger, "reconstructed", slices=len(results), format=format.value,
+                  labels=sorted({r.label for r in results}), total_ms=round(1000 * (finished - started), 2))
+        headers = _result_headers(results)
+        headers["X-Mrdserve-Timings"] = (f"ingest={ingested - started:.4f};reconstruct={reconstructed - ingested:.4f};"
+                                         f"output={finished - reconstructed:.4f}")
+        return FileResponse(packaged.path, media_type=packaged.media_type, filename=packaged.filename,
+                            headers=headers, background=BackgroundTask(shutil.rmtree, work_dir, True))
+
+    # -------------------------------------------------------------------------------------- async jobs
+    async def accept_job(request: Request, params: dict[str, Any], too_large: ApiError) -> JSONResponse:
+        incoming = spool.incoming_path()
+        try:
+            room = await run_in_threadpool(spool.room)
+            if room <= 0:
+                raise SpoolFullError(f"the job spool is full ({config.spool_max_bytes} bytes); fetch or wait for "
+                                     f"finished results to expire, or retry later")
+            spool_full = ApiError(507, "spool_full", f"the upload does not fit in the job spool ({room} bytes free "
+                                                     f"of {config.spool_max_bytes}); retry later",
+                                  {"Retry-After": "60", "Connection": "close"})
+            limit = min(config.upload_max_bytes, room)
+            await receive_upload(request, incoming, limit, too_large if limit == config.upload_max_bytes
+                                 else spool_full)
+            if not h5py.is_hdf5(incoming):
+                raise ApiError(415, "not_hdf5", "the upload is not an HDF5 file; send an ISMRMRD HDF5 file (.h5)")
+            job = spool.create(incoming, params)
+        except SpoolFullError as error:
+            raise ApiError(507, "spool_full", str(error), {"Retry-After": "60"}) from error
+        finally:
+            incoming.unlink(missing_ok=True)
+        job_queue.put_nowait(job.id)
+        log_event(logger, "job_accepted", job_id=job.id)
+        return JSONResponse({"id": job.id, "state": job.state, "status_url": f"/v1/reconstructions/{job.id}",
+                             "result_url": f"/v1/reconstructions/{job.id}/result"}, status_code=202,
+                            headers={"Location": f"/v1/reconstructions/{job.id}"})
+
+    async def job_worker() -> None:
+        await ready.wait()
+        while True:
+            job_id = await job_queue.get()
+            job = spool.get(job_id)
+            if job is None or job.state in (SUCCEEDED, FAILED):
+                continue
+            await run_job(job)
+
+    async def run_job(job: Job) -> None:
+        token = request_id_var.set(f"job-{job.id[:12]}")
+        work_dir = work_root / f"job-{job.id}"
+        job = spool.mark_running(job)
+        try:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            params = job.params
+            header, samples = await run_in_threadpool(ingest, spool.input_path(job), params.get("group", "dataset"))
+            while True:
+                try:
+                    results = await reconstruct(samples, params.get("artifact"))
+                    break
+                except ApiError as error:  # accepted work waits for room in the queue instead of failing
+                    if error.code != "queue_full":
+                        raise
+                    await asyncio.sleep(float(error.headers.get("Retry-After", "1")))
+            packaged = await run_in_threadpool(package, results, header, params.get("format", "dicom"), work_dir)
+            spool.mark_succeeded(job, Path(packaged.path), packaged.media_type, packaged.filename, len(results))
+            _count(results, "ok")
+            log_event(logger, "job_succeeded", job_id=job.id, slices=len(results))
+        except ApiError as error:
+            spool.mark_failed(job, error.message, error.status)
+            _count(None, "rejected" if error.status < 500 else "failed")
+            log_event(logger, "job_failed", logging.WARNING, job_id=job.id, status=error.status, code=error.code)
+        except asyncio.CancelledError:
+            job.attempts -= 1  # a clean shutdown does not count as a failed attempt; the job runs after restart
+            spool._write(job)
+            raise
+        except Exception as error:  # one job's failure must not stop the worker
+            spool.mark_failed(job, f"internal error while running the job: {type(error).__name__}", 500)
+            _count(None, "failed")
+            logger.exception("job_crashed", extra={"event": "job_crashed", "job_id": job.id})
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            request_id_var.reset(token)
+
+    @app.get("/v1/reconstructions/{job_id}", dependencies=[Depends(require_api_key)])
+    async def job_status(job_id: str) -> dict[str, Any]:
+        """The state of an asynchronous job: queued, running, succeeded (result ready) or failed (with reason)."""
+        job = spool.get(job_id)
+        if job is None:
+            raise ApiError(404, "unknown_job", f"no job {job_id!r} (unknown, or expired after "
+                                               f"{config.result_ttl_s:g} s)")
+        return job.public()
+
+    @app.get("/v1/reconstructions/{job_id}/result", dependencies=[Depends(require_api_key)])
+    async def job_result(job_id: str) -> Response:
+        """The result of a finished job (kept until fetched or expired)."""
+        job = spool.get(job_id)
+        if job is None:
+            raise ApiError(404, "unknown_job", f"no job {job_id!r} (unknown, or expired)")
+        if job.state == FAILED:
+            raise ApiError(409, "job_failed", f"job {job_id} failed: {job.error}")
+        if job.state != SUCCEEDED:
+            raise ApiError(409, "job_not_finished", f"job {job_id} is {job.state}; poll /v1/reconstructions/"
+                                                    f"{job_id} until it has succeeded", {"Retry-After": "1"})
+        path = spool.result_path(job)
+        if job.fetched or path is None or not path.is_file():
+            raise ApiError(410, "result_fetched", f"the result of job {job_id} was already fetched and removed")
+        return FileResponse(path, media_type=job.media_type, filename=job.filename,
+                            headers={"X-Mrdserve-Slices": str(job.slices)},
+                            background=BackgroundTask(spool.mark_fetched, job))
+
+    # -------------------------------------------------------------------------------------- info
+    @app.get("/v1/models", dependencies=[Depends(require_api_key)])
+    async def list_models() -> dict[str, Any]:
+        """The artifacts the engine serves (name, version, task, constraints)."""
+        return {"models": engine.models()}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        """Liveness: the process answers."""
+        return {"status": "ok", "ready": ready.is_set()}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: artifacts loaded, verified and warmed up."""
+        if ready.is_set() and getattr(engine, "ready", True):
+            return JSONResponse({"status": "ready"})
+        reason = state["start_error"] or "loading and warming up artifacts"
+        return JSONResponse({"status": "failed" if state["start_error"] else "starting", "reason": reason},
+                            status_code=503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics (text format)."""
+        body, content_type = render(engine.metrics.registry)
+        return Response(body, media_type=content_type)
+
+    return app
