@@ -8,8 +8,11 @@ from typing import Any
 from torch import nn
 
 from models.nets.baselines import UNetBaseline, ZeroFilled
+from models.nets.deq import DEQ
+from models.nets.irim import IRIM
 from models.nets.ncpdnet import NCPDNet
 from models.nets.pdnet import PDNet
+from models.nets.rim import RIM
 from models.nets.xpdnet import XPDNet
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
@@ -18,6 +21,9 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "pdnet": PDNet,
     "unet": UNetBaseline,
     "zero-filled": ZeroFilled,
+    "rim": RIM,
+    "irim": IRIM,
+    "deq": DEQ,
 }
 
 

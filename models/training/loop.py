@@ -1,5 +1,9 @@
 """The training loop: seeded, resumable, validated against the classical baselines; CPU, one GPU or DDP.
 
+Iterative models get two hooks: a network with ``forward_steps`` (RIM) is trained on the loss averaged over its
+per-step outputs, and a network that keeps ``last_stats`` (a dict of numbers, e.g. a DEQ's forward iterations
+and residual) has them logged after every step and kept in ``TrainResult.model_stats``.
+
 ``train(config)`` builds the datasets, the network (``models.nets.registry``), the optimiser and scheduler,
 resumes from ``output_dir/latest.pt`` when asked, and runs ``loop.steps`` optimisation steps. The data order is
 a pure function of (seed, step) (``StepSampler``), and checkpoints hold model, optimiser, scheduler, scaler,
@@ -58,6 +62,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     resumed_from: int = 0
+    model_stats: dict[str, float] = field(default_factory=dict)  # the network's last ``last_stats``, if any
 
 
 # --- reproducibility and devices ---------------------------------------------------------------------------
@@ -220,6 +225,32 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset, dict[str, str
     return train, val, {"kind": data.kind, "description": description, "version": version}
 
 
+class PerStepOutputs(nn.Module):
+    """Runs a model's ``forward_steps`` as ``forward`` (so DDP wraps it as usual): a list of per-step outputs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
+        return self.model.forward_steps(*args, **kwargs)
+
+
+def training_loss(loss_fn: Any, batch: Any, output: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """The loss of one output, or the mean of the losses of per-step outputs (RIM: loss averaged over steps)."""
+    outputs = output if isinstance(output, list | tuple) else [output]
+    losses = [loss_fn(batch.crop(out).float(), batch.target) for out in outputs]
+    return torch.stack(losses).mean() if len(losses) > 1 else losses[0]
+
+
+def model_stats(model: nn.Module) -> dict[str, float]:
+    """The numbers in the model's ``last_stats`` dict (DEQ: forward iterations, residual); empty if none."""
+    stats = getattr(model, "last_stats", None)
+    if not isinstance(stats, dict):
+        return {}
+    return {str(k): v for k, v in stats.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
 # --- model, optimiser --------------------------------------------------------------------------------------
 
 
@@ -341,9 +372,9 @@ def train(config: TrainConfig, resume: bool = True) -> TrainResult:
         log.info("resumed from %s at step %d", latest, start_step)
     baseline_cache = {row["volume"]: row["baselines"] for row in metrics.get("per_volume", [])}
 
-    network: nn.Module = model
+    network: nn.Module = PerStepOutputs(model) if callable(getattr(model, "forward_steps", None)) else model
     if dist.world_size > 1:
-        network = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+        network = nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda"
                                                       else None)
     loader = DataLoader(
         train_set, batch_size=config.loop.batch_size, collate_fn=collate_examples,
@@ -379,7 +410,7 @@ def train(config: TrainConfig, resume: bool = True) -> TrainResult:
         batch = batch.to(device, non_blocking=True)
         with torch.autocast(device.type, enabled=use_amp):
             output = network(**batch.inputs)
-        loss = loss_fn(batch.crop(output).float(), batch.target)
+        loss = training_loss(loss_fn, batch, output)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if config.optim.grad_clip is not None:
@@ -393,11 +424,16 @@ def train(config: TrainConfig, resume: bool = True) -> TrainResult:
         examples += len(batch) * dist.world_size
         value = float(loss.detach())
         result.losses.append(value)
+        stats = model_stats(model)
+        if stats:
+            result.model_stats = stats
         if step % config.loop.log_every == 0 or step == config.loop.steps:
             rate = examples / max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(loss=f"{value:.4f}", ex_s=f"{rate:.2f}")
+            bar.set_postfix(loss=f"{value:.4f}", ex_s=f"{rate:.2f}", **{k: f"{v:.3g}" for k, v in stats.items()})
             if writer is not None:
                 writer.add_scalar("train/loss", value, step)
+                for key, number in stats.items():
+                    writer.add_scalar(f"train/{key}", number, step)
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
                 writer.add_scalar("train/examples_per_s", rate, step)
         bar.update(1)
