@@ -13,8 +13,14 @@ from models.physics.fft import fft2c
 from models.physics.masks import EquispacedFractionMask
 from models.physics.prepare_cartesian import prepare_cartesian
 from models.physics.sense import sense_adjoint, sense_forward
+from tests.nets.cartesian_inputs import random_inputs
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters
+
+
+def _random_inputs(batch: int, n_coils: int, shape: tuple[int, int], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random inputs with unit-RSS maps, so that ||A|| <= 1."""
+    return random_inputs(batch, n_coils, shape, seed, normalise_maps=True)
 
 
 def _prepared(shape: tuple[int, int] = (32, 32), n_coils: int = 4, seed: int = 0):
@@ -22,17 +28,6 @@ def _prepared(shape: tuple[int, int] = (32, 32), n_coils: int = 4, seed: int = 0
     maps = coil_sensitivities_2d(n_coils, shape, seed=seed)
     mask = EquispacedFractionMask([0.125], [4])(shape[0], seed=0).kspace_mask()
     return prepare_cartesian(fft2c(maps * image), mask), image
-
-
-def _random_inputs(batch: int, n_coils: int, shape: tuple[int, int], seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random k-space and sensitivities scaled so that ||A|| <= 1 (sum over coils of |S|^2 <= 1)."""
-    g = torch.Generator().manual_seed(seed)
-    kspace = torch.randn(batch, n_coils, *shape, 2, generator=g)
-    smaps = torch.randn(batch, n_coils, *shape, 2, generator=g)
-    smaps = smaps / smaps.square().sum(dim=(1, 4), keepdim=True).sqrt()
-    lines = torch.rand(batch, 1, shape[0], 1, generator=g) < 0.4
-    mask = lines.expand(batch, 1, *shape).float()
-    return kspace * mask[..., None], mask, smaps
 
 
 def _tiny(**kwargs) -> DEQ:

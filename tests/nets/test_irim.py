@@ -6,9 +6,10 @@ from torch import nn
 
 from models.nets.irim import IRIM
 from models.physics.sense import sense_adjoint
+from tests.nets.cartesian_inputs import random_inputs
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters
-from tests.nets.test_rim import one_thread, prepared_example, random_inputs
+from tests.nets.test_rim import one_thread, prepared_example
 
 __all__ = ["one_thread"]  # the fixture, imported for the overfit test
 

@@ -11,17 +11,9 @@ from models.physics.fft import fft2c
 from models.physics.masks import EquispacedFractionMask
 from models.physics.prepare_cartesian import prepare_cartesian
 from models.physics.sense import sense_adjoint, sense_forward
+from tests.nets.cartesian_inputs import random_inputs
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters
-
-
-def random_inputs(batch: int, n_coils: int, shape: tuple[int, int], seed: int = 0) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
-    kspace = torch.randn(batch, n_coils, *shape, 2, generator=g)
-    smaps = torch.randn(batch, n_coils, *shape, 2, generator=g)
-    lines = torch.rand(batch, 1, shape[0], 1, generator=g) < 0.4
-    mask = lines.expand(batch, 1, *shape).float()
-    return kspace * mask[..., None], mask, smaps
 
 
 def prepared_example(shape: tuple[int, int] = (32, 32), n_coils: int = 4, seed: int = 0):

@@ -12,17 +12,9 @@ from models.physics.fft import fft2c
 from models.physics.masks import EquispacedFractionMask
 from models.physics.prepare_cartesian import prepare_cartesian
 from models.physics.sense import sense_adjoint, sense_forward
+from tests.nets.cartesian_inputs import random_inputs
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters
-
-
-def _random_inputs(batch: int, n_coils: int, shape: tuple[int, int], seed: int = 0) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
-    kspace = torch.randn(batch, n_coils, *shape, 2, generator=g)
-    smaps = torch.randn(batch, n_coils, *shape, 2, generator=g)
-    lines = torch.rand(batch, 1, shape[0], 1, generator=g) < 0.4
-    mask = lines.expand(batch, 1, *shape).float()
-    return kspace * mask[..., None], mask, smaps
 
 
 def _prepared(shape: tuple[int, int] = (32, 32), n_coils: int = 4, seed: int = 0):
@@ -54,7 +46,7 @@ class _GradientStep(nn.Module):
 @pytest.mark.parametrize("shape", [(16, 12), (15, 13)])
 def test_forward_shape_odd_and_even(shape):
     model = XPDNet(n_iter=2, preset="small")
-    out = model(*_random_inputs(3, 4, shape))
+    out = model(*random_inputs(3, 4, shape))
     assert out.shape == (3, *shape) and out.dtype == torch.float32 and bool((out >= 0).all())
 
 
@@ -82,7 +74,7 @@ def test_zero_image_nets_return_the_zero_filled_sense_image():
 
 def test_gradients_reach_every_parameter_including_the_refiner():
     model = XPDNet(n_iter=2, preset="small", refine_smaps=True)
-    assert_gradients_reach_all_parameters(model, _random_inputs(2, 3, (16, 16)))
+    assert_gradients_reach_all_parameters(model, random_inputs(2, 3, (16, 16)))
 
 
 @pytest.mark.parametrize(("preset", "n_iter", "refine", "expected"), [
@@ -104,9 +96,9 @@ def test_scripts_and_exports_to_onnx_with_dynamic_batch_coil_and_spatial_axes():
     # not convert, and the MWCNN padding must stay expressible for torch.export.
     torch.manual_seed(0)
     model = XPDNet(n_iter=1, n_primal=2, preset="small", refine_smaps=True)
-    example = _random_inputs(2, 3, (16, 16), seed=1)
-    other_batch = _random_inputs(3, 3, (16, 16), seed=2)
-    other_sizes = [_random_inputs(1, 4, (20, 24), seed=3), _random_inputs(2, 2, (17, 13), seed=4)]
+    example = random_inputs(2, 3, (16, 16), seed=1)
+    other_batch = random_inputs(3, 3, (16, 16), seed=2)
+    other_sizes = [random_inputs(1, 4, (20, 24), seed=3), random_inputs(2, 2, (17, 13), seed=4)]
     dynamic = [(1, 2, 3), (2, 3), (1, 2, 3)]  # kspace [B, C, ky, kx, 2], mask [B, 1, ky, kx], smaps
     assert assert_exports(model, example, other_batch, dynamic_dims=dynamic, other_size_inputs=other_sizes) == "script"
 
