@@ -231,6 +231,16 @@ def _check_complex(name: str, x: torch.Tensor) -> None:
         raise TypeError(f"{name} must be a complex tensor, got {getattr(x, 'dtype', type(x))}")
 
 
+def _external_pair(trajectory: torch.Tensor, shape: tuple[int, ...], backend: str, eps: float,
+                   traj_key: str | None) -> tuple[Callable, Callable]:
+    """Forward and adjoint closures of the finufft/cufinufft backend, sharing one cache key."""
+    key = traj_key or trajectory_hash(trajectory)
+    run = _finufft_run if backend == "finufft" else _cufinufft_run
+    forward = functools.partial(run, traj=trajectory, key=key, shape=shape, eps=eps, adjoint=False)
+    adjoint = functools.partial(run, traj=trajectory, key=key, shape=shape, eps=eps, adjoint=True)
+    return forward, adjoint
+
+
 def nufft_forward(images: torch.Tensor, trajectory: torch.Tensor, backend: str = "auto", eps: float = 1e-6,
                   traj_key: str | None = None) -> torch.Tensor:
     """Images ``[..., *N]`` -> samples ``[..., K]`` (the shape N is the trailing ``d`` dims of the images)."""
@@ -240,10 +250,7 @@ def nufft_forward(images: torch.Tensor, trajectory: torch.Tensor, backend: str =
     backend = resolve_backend(backend, images.device)
     if backend == "torchkbnufft":
         return _torchkbnufft_run(images, trajectory, shape, adjoint=False)
-    key = traj_key or trajectory_hash(trajectory)
-    run = _finufft_run if backend == "finufft" else _cufinufft_run
-    forward = functools.partial(run, traj=trajectory, key=key, shape=shape, eps=eps, adjoint=False)
-    adjoint = functools.partial(run, traj=trajectory, key=key, shape=shape, eps=eps, adjoint=True)
+    forward, adjoint = _external_pair(trajectory, shape, backend, eps, traj_key)
     return _LinearMap.apply(images, forward, adjoint)
 
 
@@ -255,10 +262,7 @@ def nufft_adjoint(data: torch.Tensor, trajectory: torch.Tensor, image_shape: tup
     backend = resolve_backend(backend, data.device)
     if backend == "torchkbnufft":
         return _torchkbnufft_run(data, trajectory, shape, adjoint=True)
-    key = traj_key or trajectory_hash(trajectory)
-    run = _finufft_run if backend == "finufft" else _cufinufft_run
-    forward = functools.partial(run, traj=trajectory, key=key, shape=shape, eps=eps, adjoint=False)
-    adjoint = functools.partial(run, traj=trajectory, key=key, shape=shape, eps=eps, adjoint=True)
+    forward, adjoint = _external_pair(trajectory, shape, backend, eps, traj_key)
     return _LinearMap.apply(data, adjoint, forward)
 
 

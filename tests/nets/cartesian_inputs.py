@@ -1,6 +1,13 @@
 """Random network inputs in the Cartesian layout (k-space, mask, sensitivities) shared by the network tests."""
 
 import torch
+from torch import nn
+
+from models.data.coils import coil_sensitivities_2d
+from models.data.phantoms import complex_phantom_2d
+from models.physics.fft import fft2c
+from models.physics.masks import EquispacedFractionMask
+from models.physics.prepare_cartesian import CartesianInputs, prepare_cartesian
 
 
 def random_inputs(batch: int, n_coils: int, shape: tuple[int, int], seed: int = 0,
@@ -15,3 +22,27 @@ def random_inputs(batch: int, n_coils: int, shape: tuple[int, int], seed: int = 
     lines = torch.rand(batch, 1, shape[0], 1, generator=g) < 0.4
     mask = lines.expand(batch, 1, *shape).float()
     return kspace * mask[..., None], mask, smaps
+
+
+def prepared_example(shape: tuple[int, int] = (32, 32), n_coils: int = 4,
+                     seed: int = 0) -> tuple[CartesianInputs, torch.Tensor]:
+    """A 4x phantom acquisition, prepared, and its target magnitude in network units."""
+    image = complex_phantom_2d(shape, seed=seed)
+    maps = coil_sensitivities_2d(n_coils, shape, seed=seed)
+    mask = EquispacedFractionMask([0.125], [4])(shape[0], seed=0).kspace_mask()
+    prepared = prepare_cartesian(fft2c(maps * image), mask)
+    return prepared, image.abs().unsqueeze(0) / prepared.scale.reshape(-1, 1, 1)
+
+
+def fit_losses(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch.Tensor, steps: int,
+               lr: float) -> list[float]:
+    """Adam on the MSE between ``model(*inputs)`` and ``target``; the loss of every step."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = nn.functional.mse_loss(model(*inputs), target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    return losses

@@ -2,14 +2,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from models.nets.irim import IRIM
 from models.physics.sense import sense_adjoint
-from tests.nets.cartesian_inputs import random_inputs
+from tests.nets.cartesian_inputs import fit_losses, prepared_example, random_inputs
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters
-from tests.nets.test_rim import one_thread, prepared_example
+from tests.nets.test_rim import one_thread
 
 __all__ = ["one_thread"]  # the fixture, imported for the overfit test
 
@@ -113,12 +112,5 @@ def test_tiny_irim_overfits_one_example_with_invertible_backprop(one_thread):
     prepared, target = prepared_example()
     inputs = prepared.to_network_inputs()
     model = IRIM(n_steps=2, n_channels=8, n_layers=2, hidden=16).train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=5e-3)
-    losses = []
-    for _ in range(200):
-        loss = nn.functional.mse_loss(model(*inputs), target)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = fit_losses(model, inputs, target, steps=200, lr=5e-3)
     assert min(losses[-20:]) < losses[0] / 10

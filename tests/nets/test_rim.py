@@ -4,26 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from models.data.coils import coil_sensitivities_2d
-from models.data.phantoms import complex_phantom_2d
 from models.nets.rim import RIM, sense_gradient
-from models.physics.fft import fft2c
-from models.physics.masks import EquispacedFractionMask
-from models.physics.prepare_cartesian import prepare_cartesian
 from models.physics.sense import sense_adjoint, sense_forward
-from tests.nets.cartesian_inputs import random_inputs
+from tests.nets.cartesian_inputs import prepared_example, random_inputs
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters
-
-
-def prepared_example(shape: tuple[int, int] = (32, 32), n_coils: int = 4, seed: int = 0):
-    """32x32, 4 coils, R=4 phantom: network inputs and the target magnitude in network units."""
-    image = complex_phantom_2d(shape, seed=seed)
-    maps = coil_sensitivities_2d(n_coils, shape, seed=seed)
-    mask = EquispacedFractionMask([0.125], [4])(shape[0], seed=0).kspace_mask()
-    prepared = prepare_cartesian(fft2c(maps * image), mask)
-    target = image.abs().unsqueeze(0) / prepared.scale.reshape(-1, 1, 1)
-    return prepared, target
 
 
 def test_sense_gradient_matches_the_physics_operators():

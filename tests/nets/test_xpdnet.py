@@ -4,24 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from models.data.coils import coil_sensitivities_2d
-from models.data.phantoms import complex_phantom_2d
 from models.nets.mwcnn import MWCNN
 from models.nets.xpdnet import XPDNet
-from models.physics.fft import fft2c
-from models.physics.masks import EquispacedFractionMask
-from models.physics.prepare_cartesian import prepare_cartesian
 from models.physics.sense import sense_adjoint, sense_forward
-from tests.nets.cartesian_inputs import random_inputs
+from tests.nets.cartesian_inputs import fit_losses, prepared_example, random_inputs
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters
-
-
-def _prepared(shape: tuple[int, int] = (32, 32), n_coils: int = 4, seed: int = 0):
-    image = complex_phantom_2d(shape, seed=seed)
-    maps = coil_sensitivities_2d(n_coils, shape, seed=seed)
-    mask = EquispacedFractionMask([0.125], [4])(shape[0], seed=0).kspace_mask()
-    return prepare_cartesian(fft2c(maps * image), mask), image
 
 
 def _tiny_mwcnn(in_channels: int, out_channels: int) -> nn.Module:
@@ -51,7 +39,7 @@ def test_forward_shape_odd_and_even(shape):
 
 
 def test_gradient_step_nets_make_it_gradient_descent_on_the_sense_data_term():
-    prepared, _ = _prepared()
+    prepared, _ = prepared_example()
     kspace, mask, smaps = prepared.to_network_inputs()
     n_iter, step = 3, 0.5
     model = XPDNet(n_iter=n_iter, n_primal=2, image_net=lambda i, o: _GradientStep(o // 2, step))
@@ -64,7 +52,7 @@ def test_gradient_step_nets_make_it_gradient_descent_on_the_sense_data_term():
 
 
 def test_zero_image_nets_return_the_zero_filled_sense_image():
-    prepared, _ = _prepared()
+    prepared, _ = prepared_example()
     model = XPDNet(n_iter=2, image_net=_tiny_mwcnn)
     for parameter in model.parameters():
         nn.init.zeros_(parameter)
@@ -111,16 +99,8 @@ def test_rejects_bad_sizes():
 @pytest.mark.slow
 def test_tiny_xpdnet_overfits_one_example():
     torch.manual_seed(0)
-    prepared, image = _prepared()
+    prepared, target = prepared_example()  # target: the image in network units
     inputs = prepared.to_network_inputs()
-    target = image.abs().unsqueeze(0) / prepared.scale.reshape(-1, 1, 1)  # the image in network units
     model = XPDNet(n_iter=2, image_net=_tiny_mwcnn)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(150):
-        loss = nn.functional.mse_loss(model(*inputs), target)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = fit_losses(model, inputs, target, steps=150, lr=1e-3)
     assert min(losses[-20:]) < losses[0] / 10
