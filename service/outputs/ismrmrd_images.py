@@ -57,8 +57,9 @@ def _set_header_fields(image: ismrmrd.Image, result: ReconResult, series_index: 
 
 
 def to_ismrmrd_images(results: list[ReconResult], header: Any = None, series_index: int = 1,
-                      dtype: str = "float32") -> list[ismrmrd.Image]:
-    """One magnitude ``ismrmrd.Image`` per result (a 3D result stays one volume image), indices from 1.
+                      dtype: str = "float32", first_image_index: int = 1) -> list[ismrmrd.Image]:
+    """One magnitude ``ismrmrd.Image`` per result (a 3D result stays one volume image), indices counted from
+    ``first_image_index`` (streams that send one slice at a time continue the count).
 
     ``dtype`` is ``float32`` (data units) or ``uint16`` (a series-wide slope, kept in meta as
     ``RealWorldValueSlope``). ``header`` is accepted for symmetry with the other writers: the recon-space
@@ -73,7 +74,7 @@ def to_ismrmrd_images(results: list[ReconResult], header: Any = None, series_ind
     window = display_window(arrays)
     slope = uint16_slope(arrays) if dtype == "uint16" else None
     images = []
-    for number, (result, array) in enumerate(zip(results, arrays, strict=True), start=1):
+    for number, (result, array) in enumerate(zip(results, arrays, strict=True), start=first_image_index):
         data = to_uint16(array, slope) if slope is not None else array
         center, width = ((window.center / slope, max(window.width / slope, 1.0)) if slope is not None
                          else (window.center, window.width))

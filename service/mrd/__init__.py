@@ -1,0 +1,1 @@
+"""The MRD streaming server (Gadgetron's port 9002 protocol) over the shared engine."""
