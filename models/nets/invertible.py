@@ -165,6 +165,10 @@ class _InvertibleSequenceFunction(torch.autograd.Function):
         needs = [c.requires_grad for c in context]
         context_grads: list[torch.Tensor | None] = [None] * len(context)
         param_grads: list[torch.Tensor | None] = [None] * ctx.n_params
+        # Parameter gradients go straight into ``.grad`` as each layer is inverted, so no second copy of every
+        # gradient waits for the end of the backward pass (that copy grows with the steps and layers). Under
+        # torch.distributed they are returned instead: DDP's all-reduce hooks only see returned gradients.
+        in_place = not (torch.distributed.is_available() and torch.distributed.is_initialized())
         for layer, indices in zip(reversed(ctx.layers), reversed(ctx.param_indices), strict=True):
             with torch.no_grad():
                 x = layer.inverse(y, context)
@@ -175,14 +179,27 @@ class _InvertibleSequenceFunction(torch.autograd.Function):
                 wanted = [x_leaf, *params, *[c for c, need in zip(live, needs, strict=True) if need]]
                 grads = list(torch.autograd.grad(layer(x_leaf, live), wanted, grad_output, allow_unused=True))
             grad_output = grads.pop(0)
-            for index, g in zip(indices, grads[: len(params)], strict=True):
-                param_grads[index] = _add(param_grads[index], g)
+            for index, param, g in zip(indices, params, grads[: len(params)], strict=True):
+                if in_place:
+                    _accumulate_grad(param, g)
+                else:
+                    param_grads[index] = _add(param_grads[index], g)
             rest = iter(grads[len(params) :])
             for i, need in enumerate(needs):
                 if need:
                     context_grads[i] = _add(context_grads[i], next(rest))
             y = x
         return (grad_output, None, None, None, *context_grads, *param_grads)
+
+
+def _accumulate_grad(param: torch.Tensor, grad: torch.Tensor | None) -> None:
+    """Add ``grad`` into ``param.grad`` the way autograd's leaf accumulation does."""
+    if grad is None:
+        return
+    if param.grad is None:
+        param.grad = grad.detach()
+    else:
+        param.grad.add_(grad.detach())
 
 
 def _add(total: torch.Tensor | None, term: torch.Tensor | None) -> torch.Tensor | None:
@@ -194,7 +211,9 @@ def _add(total: torch.Tensor | None, term: torch.Tensor | None) -> torch.Tensor 
 def invertible_sequence(layers: Sequence[nn.Module], x: torch.Tensor, context: list[torch.Tensor]) -> torch.Tensor:
     """``sequence_forward`` with invertible backpropagation: activations are recomputed by inversion in the
     backward pass instead of being stored, so memory is constant in the number of layers. Gradients reach the
-    layers' parameters, ``x`` and any ``context`` tensor that requires grad. Not scriptable (eager training)."""
+    layers' parameters (accumulated into ``.grad`` during the pass, so train with ``backward()``; outside
+    torch.distributed ``torch.autograd.grad`` w.r.t. them sees none), ``x`` and any ``context`` tensor that requires
+    grad. Not scriptable (eager training)."""
     layers = list(layers)
     params: list[nn.Parameter] = []
     index_of: dict[int, int] = {}
