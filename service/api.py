@@ -40,6 +40,7 @@ from models.data.sample import KSpaceSample
 from service.config import ServiceConfig
 from service.log import log_event, new_request_id, request_id_var
 from service.metrics import render
+from service.pacs import PacsTarget, PushReport, dicom_files_in_zip, push
 from service.spool import FAILED, SUCCEEDED, Job, JobSpool, SpoolFullError
 
 logger = logging.getLogger("mrdserve.api")
@@ -163,7 +164,8 @@ def ingest(path: Path, group: str) -> tuple[Any, list[KSpaceSample]]:
         raise ApiError(422, "unreadable_hdf5",
                        f"the HDF5 file cannot be read (truncated or corrupt): {error}") from error
     try:
-        trajectory = encoding_info(parse_header(xml.decode("utf-8", "replace") if isinstance(xml, bytes) else xml))
+        parsed = parse_header(xml.decode("utf-8", "replace") if isinstance(xml, bytes) else xml)
+        trajectory = encoding_info(parsed)
     except ValueError as error:
         raise ApiError(422, "invalid_ismrmrd_header", f"the ISMRMRD header cannot be used: {error}") from error
     if trajectory.trajectory not in SUPPORTED_TRAJECTORIES:
@@ -173,7 +175,7 @@ def ingest(path: Path, group: str) -> tuple[Any, list[KSpaceSample]]:
     if not has_data:
         raise ApiError(422, "no_data", f"the ISMRMRD dataset {group!r} holds a header but no acquisitions")
     try:
-        header, samples = read_ismrmrd(path, dataset=group)
+        header, samples = read_ismrmrd(path, dataset=group, header=parsed)
     except ValueError as error:
         message = str(error).replace(str(path), "the upload")
         code = "no_data" if "no data acquisitions" in message or "holds no acquisitions" in message \
@@ -329,6 +331,7 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
                           disconnected: Callable[[], Awaitable[bool]] | None = None) -> list[Any]:
         """Run the engine, mapping its errors to API errors; cancel it when the client goes away."""
         task = asyncio.ensure_future(engine.reconstruct(samples, artifact=artifact, request_id=request_id_var.get()))
+        engine.metrics.inflight_requests.inc()
         try:
             while disconnected is not None and not task.done():
                 await asyncio.wait({task}, timeout=0.25)
@@ -346,8 +349,26 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
         except ValueError as error:
             raise ApiError(422, "invalid_request", str(error)) from error
         finally:
+            engine.metrics.inflight_requests.dec()
             if not task.done():
                 task.cancel()
+
+    pacs_target = PacsTarget.from_config(config)
+
+    async def push_to_pacs(packaged: Any, fmt: str) -> PushReport | None:
+        """Push a DICOM result when a PACS is configured; counted and logged (no patient data), never raises."""
+        if pacs_target is None or fmt != OutputFormat.dicom.value:
+            return None
+        try:
+            files = await run_in_threadpool(dicom_files_in_zip, Path(packaged.path))
+            report = await run_in_threadpool(push, files, pacs_target)
+        except Exception as error:
+            report = PushReport(pacs_target.protocol, 0, error=f"{type(error).__name__} while reading the result")
+        engine.metrics.pacs_push.labels(protocol=report.protocol, outcome=report.outcome).inc()
+        log_event(logger, "pacs_push", logging.INFO if report.outcome == "ok" else logging.WARNING,
+                  protocol=report.protocol, outcome=report.outcome, instances=report.instances, stored=report.stored,
+                  reason=report.error)
+        return report
 
     def _result_headers(results: list[Any]) -> dict[str, str]:
         labels = sorted({str(r.label) for r in results})
@@ -423,6 +444,9 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
         headers = _result_headers(results)
         headers["X-Mrdserve-Timings"] = (f"ingest={ingested - started:.4f};reconstruct={reconstructed - ingested:.4f};"
                                          f"output={finished - reconstructed:.4f}")
+        pushed = await push_to_pacs(packaged, format.value)
+        if pushed is not None:
+            headers["X-Mrdserve-Pacs"] = pushed.header()
         return FileResponse(packaged.path, media_type=packaged.media_type, filename=packaged.filename,
                             headers=headers, background=BackgroundTask(shutil.rmtree, work_dir, True))
 
@@ -479,6 +503,8 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
                         raise
                     await asyncio.sleep(float(error.headers.get("Retry-After", "1")))
             packaged = await cpu_bound(package, results, header, params.get("format", "dicom"), work_dir)
+            pushed = await push_to_pacs(packaged, params.get("format", "dicom"))
+            job.pacs = None if pushed is None else pushed.public()
             spool.mark_succeeded(job, Path(packaged.path), packaged.media_type, packaged.filename, len(results))
             _count(results, "ok")
             log_event(logger, "job_succeeded", job_id=job.id, slices=len(results))
