@@ -57,6 +57,12 @@ class ServiceConfig:
     api_keys: list[str] = field(default_factory=list)
     cors_origins: list[str] = field(default_factory=list)
     log_level: str = "INFO"
+    # optional push of DICOM results to a PACS (service.pacs); empty pacs_url: no push
+    pacs_url: str = ""
+    pacs_protocol: str = "dicomweb"
+    pacs_aet: str = "MRDSERVE"
+    pacs_called_aet: str = "ANY-SCP"
+    pacs_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         self.artifacts = [Path(p) for p in self.artifacts]
@@ -82,6 +88,8 @@ class ServiceConfig:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if not self.artifacts:
             raise ValueError("artifacts must name at least one directory")
+        from service.pacs import validate_target
+        validate_target(self.pacs_url, self.pacs_protocol, self.pacs_aet, self.pacs_called_aet, self.pacs_timeout_s)
 
     @property
     def max_wait_s(self) -> float:
@@ -123,7 +131,7 @@ class ServiceConfig:
 
 
 _INTS = ("port", "mrd_port", "max_batch", "queue_size", "spool_max_bytes", "upload_max_bytes")
-_FLOATS = ("max_wait_ms", "request_timeout_s", "result_ttl_s")
+_FLOATS = ("max_wait_ms", "request_timeout_s", "result_ttl_s", "pacs_timeout_s")
 _BOOLS = ("with_bundled", "warmup")
 _LISTS = ("api_keys", "cors_origins", "onnx_providers")
 
@@ -186,4 +194,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     add("--cors-origins", action="append", default=None, metavar="ORIGIN",
         help="allowed CORS origin (repeatable; MRDSERVE_CORS_ORIGINS); none: CORS off")
     add("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    add("--pacs-url", default=None, help="push DICOM results to this PACS: a DICOMweb base URL "
+        "(http://pacs:8042/dicom-web) or host:port for C-STORE (MRDSERVE_PACS_URL); none: no push")
+    add("--pacs-protocol", choices=("dicomweb", "cstore"), default=None,
+        help="dicomweb (STOW-RS, default) or cstore (MRDSERVE_PACS_PROTOCOL)")
+    add("--pacs-aet", default=None, help="our AE title for C-STORE (default MRDSERVE; MRDSERVE_PACS_AET)")
+    add("--pacs-called-aet", default=None, help="the PACS's AE title for C-STORE (default ANY-SCP)")
+    add("--pacs-timeout-s", type=float, default=None, help="timeout of one push (default 30 s)")
     return parser

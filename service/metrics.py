@@ -33,8 +33,15 @@ class ServiceMetrics:
                                   "(density weights, Toeplitz kernel)", registry=self.registry)
         self.artifact_info = Gauge("mrdserve_artifact_info", "Artifacts loaded by the engine (value 1)",
                                    ("name", "version", "task", "network"), registry=self.registry)
+        self.inflight_requests = Gauge("mrdserve_inflight_requests", "Reconstruction requests being served now "
+                                       "(all entry points; the autoscaling signal)", registry=self.registry)
+        self.pacs_push = Counter("mrdserve_pacs_push", "Pushes of DICOM results to the PACS by protocol and outcome",
+                                 ("protocol", "outcome"), registry=self.registry)
         for stage in STAGES:  # every stage shows up in /metrics from the start
             self.stage_seconds.labels(stage=stage)
+        for protocol in ("dicomweb", "cstore"):
+            for outcome in ("ok", "failed"):
+                self.pacs_push.labels(protocol=protocol, outcome=outcome)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         if stage not in STAGES:

@@ -46,13 +46,14 @@ class Job:
     filename: str | None = None
     fetched: bool = False
     slices: int | None = None
+    pacs: dict[str, Any] | None = None  # the PACS push of the result (service.pacs.PushReport.public), if any
 
     def public(self) -> dict[str, Any]:
         """What clients see: no file-system paths."""
         return {"id": self.id, "state": self.state, "created": self.created, "updated": self.updated,
                 "params": self.params, "attempts": self.attempts, "error": self.error,
                 "error_status": self.error_status, "filename": self.filename, "fetched": self.fetched,
-                "slices": self.slices}
+                "slices": self.slices, "pacs": self.pacs}
 
 
 def _valid_id(job_id: str) -> bool:
