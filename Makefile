@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR := demo-output
 
-.PHONY: test demo demo-artifacts lint bench debian demo-debian clean
+.PHONY: test demo demo-artifacts lint bench debian demo-debian clean hadolint docker
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # Debian packages: reference tools the tests compare against (ISMRMRD generator and recon, BART, the DICOM
 # validator) and curl for the demo's REST client. Installed only when missing.
-TEST_DEBIAN_PACKAGES := ismrmrd-tools bart dicom3tools
+TEST_DEBIAN_PACKAGES := ismrmrd-tools bart dicom3tools orthanc orthanc-dicomweb
 DEMO_DEBIAN_PACKAGES := curl
 define install_debian
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -51,7 +51,8 @@ demo: $(STAMP) demo-debian
 	      --artifact classical || exit 1; \
 	done
 	@echo "demo images in $(DEMO_DIR)/<trajectory>/: one from the fitting demo artifact, one from the classical baseline"
-	@# The same files through the REST service: start it on free loopback ports, POST, unpack DICOM + PNG, stop it.
+	@# The same files through the REST service and the MRD server of one `mrdserve serve` on free loopback ports:
+	@# POST and unpack DICOM + PNG, then stream each file over MRD (per-slice latency), stop it.
 	@port=$$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
 	mrd_port=$$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
 	$(VENV)/bin/mrdserve serve --host 127.0.0.1 --port $$port --mrd-port $$mrd_port --spool-dir $(DEMO_DIR)/spool \
@@ -69,8 +70,15 @@ demo: $(STAMP) demo-debian
 	    $(PY) -c "print(f'REST $$trajectory -> $$format: {1000 * $$seconds / $$slices:.1f} ms per slice ($$slices slice(s), $$label)')"; \
 	  done; \
 	done; \
+	mkdir -p $(DEMO_DIR)/mrd; \
+	for trajectory in cartesian radial spiral; do \
+	  $(VENV)/bin/mrdserve stream $(DEMO_DIR)/$$trajectory.h5 -o $(DEMO_DIR)/mrd/$$trajectory.h5 --host 127.0.0.1 \
+	      --port $$mrd_port > $(DEMO_DIR)/mrd/$$trajectory.log 2>&1 \
+	      || { cat $(DEMO_DIR)/mrd/$$trajectory.log; echo "MRD stream of $$trajectory failed"; exit 1; }; \
+	  grep -E 'after its last acquisition' $(DEMO_DIR)/mrd/$$trajectory.log | sed "s/^/MRD $$trajectory: /"; \
+	done; \
 	kill $$pid; wait $$pid 2>/dev/null; \
-	echo "REST results (DICOM + PNG) in $(DEMO_DIR)/rest/"
+	echo "REST results (DICOM + PNG) in $(DEMO_DIR)/rest/, MRD stream results (ISMRMRD images) in $(DEMO_DIR)/mrd/"
 
 # Retrain and re-export the bundled demo artifacts (CPU, synthetic data; see models/training/configs/demo_*.yaml).
 DEMO_CONFIGS := demo_ncpdnet_radial demo_ncpdnet_spiral demo_xpdnet
@@ -85,3 +93,12 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache *.egg-info
+
+# Container image (needs a Docker engine) and its lint (hadolint from the dev extra; no engine needed).
+hadolint: $(STAMP)
+	$(VENV)/bin/hadolint Dockerfile
+
+docker:
+	docker build --target service -t mrdserve:gpu .
+	docker build --target service --build-arg VARIANT=cpu -t mrdserve:cpu .
+	docker build --target trainer -t mrdserve-trainer:gpu .

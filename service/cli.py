@@ -41,8 +41,12 @@ COMMANDS: dict[str, Command] = {
     "models": Command("service.registry_cli", "add_models_arguments", "run_models",
                       "list the artifacts the registry sees"),
     "serve": Command("service.serve", "add_serve_arguments", "run_serve",
-                     "run the REST API (and, from issue 6, the MRD server)",
-                     "Serve reconstructions over HTTP (REST API, OpenAPI at /docs) with the configured artifacts."),
+                     "run the REST API and the MRD streaming server",
+                     "Serve reconstructions over HTTP (REST API, OpenAPI at /docs) and the MRD streaming protocol "
+                     "(port 9002) with the configured artifacts."),
+    "stream": Command("service.mrd.client", "add_stream_arguments", "run_stream",
+                      "stream an ISMRMRD file to an MRD server and save the images",
+                      "Send the acquisitions of INPUT to an MRD server (ours or Gadgetron) and write the images."),
 }
 
 def build_parser(load: Sequence[str] | None = None) -> argparse.ArgumentParser:

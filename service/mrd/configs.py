@@ -1,0 +1,85 @@
+"""Config names of the MRD server: what a client's CONFIG_FILE / CONFIG_TEXT selects.
+
+Gadgetron clients send a chain file name (``default.xml``), python-ismrmrd-server clients a module name; both
+pick the reconstruction. Ours:
+
+- ``default`` (also ``auto``): the engine's plan chooses per slice from the header and data (artifact by its
+  constraints, else the classical fallback with its reason);
+- ``classical``: the classical baseline of the task, never a network;
+- a task name: ``cartesian`` (XPDNet-style artifacts, task ``cartesian2d-multicoil``), ``noncartesian``
+  (NC-PDNet, ``noncartesian2d-multicoil`` and ``noncartesian3d``), or a task id itself: the first artifact of
+  that task that fits each slice, else the classical fallback;
+- an artifact name (``demo-xpdnet``) or label (``demo-xpdnet-0.4000``): that artifact for every slice.
+
+A ``.xml`` suffix is ignored, names are case-insensitive. Anything else is an unknown config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from service.artifacts import Artifact
+
+AUTOMATIC = ("default", "auto")
+CLASSICAL = "classical"
+TASK_CONFIGS: dict[str, tuple[str, ...]] = {
+    "cartesian": ("cartesian2d-multicoil",),
+    "noncartesian": ("noncartesian2d-multicoil", "noncartesian3d"),
+}
+
+
+class UnknownConfigError(ValueError):
+    """The client asked for a config this server does not have."""
+
+
+@dataclass(frozen=True)
+class ConfigChoice:
+    """What a config name resolved to: ``mode`` is automatic, classical, task or artifact."""
+
+    name: str
+    mode: str
+    artifact: str | None = None  # the artifact label when mode is "artifact"
+    tasks: tuple[str, ...] = ()  # the tasks allowed when mode is "task"
+
+    def describe(self) -> str:
+        if self.mode == "artifact":
+            return f"config {self.name!r}: artifact {self.artifact}"
+        if self.mode == "task":
+            return f"config {self.name!r}: first fitting artifact of task {', '.join(self.tasks)}"
+        if self.mode == CLASSICAL:
+            return f"config {self.name!r}: classical reconstruction"
+        return f"config {self.name!r}: automatic choice from the header and data"
+
+
+def normalise(name: str) -> str:
+    """A config name without surrounding blanks, NULs and a ``.xml`` suffix, lower case."""
+    cleaned = name.strip("\x00 \t\r\n")
+    if cleaned.lower().endswith(".xml"):
+        cleaned = cleaned[:-4]
+    return cleaned.lower()
+
+
+def known_configs(artifacts: Sequence[Artifact]) -> list[str]:
+    """Every name ``resolve`` accepts, for error messages and ``--help``."""
+    tasks = sorted({a.manifest["task"] for a in artifacts})
+    return [*AUTOMATIC, CLASSICAL, *TASK_CONFIGS, *tasks, *sorted({a.name for a in artifacts}),
+            *sorted(a.label for a in artifacts)]
+
+
+def resolve(name: str, artifacts: Sequence[Artifact]) -> ConfigChoice:
+    """The choice a config name stands for; UnknownConfigError (listing the known names) otherwise."""
+    key = normalise(name)
+    if key in AUTOMATIC:
+        return ConfigChoice(key, "automatic")
+    if key == CLASSICAL:
+        return ConfigChoice(key, CLASSICAL)
+    if key in TASK_CONFIGS:
+        return ConfigChoice(key, "task", tasks=TASK_CONFIGS[key])
+    if key in {a.manifest["task"] for a in artifacts}:
+        return ConfigChoice(key, "task", tasks=(key,))
+    named = [a for a in artifacts if key in (a.name.lower(), a.label.lower())]
+    if named:
+        return ConfigChoice(key, "artifact", artifact=named[-1].label)
+    shown = name.strip("\x00 \t\r\n")[:200]
+    raise UnknownConfigError(f"unknown config {shown!r}; known configs: {', '.join(known_configs(artifacts))}")

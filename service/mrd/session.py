@@ -1,0 +1,417 @@
+"""One MRD connection: config, header, optional JSON parameters, acquisitions in, images out, always CLOSE.
+
+The state machine reads CONFIG_FILE or CONFIG_TEXT, then HEADER (or CLOSE: Gadgetron's noise-dependency
+query), waits (bounded) for the engine to be ready, resolves the config, then feeds every acquisition through
+one ``AcquisitionAssembler``. Each slice the assembler completes becomes an asyncio task that reconstructs it
+through the shared engine (its batcher batches across connections) and writes its image as soon as it is done,
+while reading goes on. Waveforms are counted and kept out, images from the client go back unchanged. At the
+client's CLOSE the assembler is flushed, outstanding slices are awaited and sent, a summary TEXT follows.
+
+Every ending sends CLOSE; an error (malformed stream, bad header, unknown config, failed slice) is sent first as a
+TEXT line starting with ``ERROR:``. TEXT lines and logs never carry names or ids from the header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.data.acquisitions import AcquisitionAssembler
+from models.data.ismrmrd_header import parse_header
+from models.data.sample import KSpaceSample
+from service.artifacts import choose
+from service.log import log_event
+from service.mrd.configs import CLASSICAL, ConfigChoice, UnknownConfigError, resolve
+from service.mrd.protocol import (
+    Limits,
+    MessageId,
+    ProtocolError,
+    StreamEndedError,
+    encode_close,
+    encode_object,
+    encode_text,
+    read_message,
+)
+from service.outputs.ismrmrd_images import IMAGE_DTYPES, to_ismrmrd_images
+
+logger = logging.getLogger("mrdserve.mrd")
+
+ENTRYPOINT = "mrd"
+ENGINE_WAIT_S = 120.0  # how long a session that arrives during start-up waits for the engine
+QUEUE_RETRY_S = 30.0  # how long a slice retries while the batch queue is full before the stream fails
+SEND_TIMEOUT_S = 30.0  # a client that stops reading for this long loses its stream
+DEFAULT_LIMITS = Limits()
+_session_ids = itertools.count(1)
+
+
+class SessionError(Exception):
+    """Ends the stream: the message goes to the client as an ERROR TEXT line, then CLOSE."""
+
+
+@dataclass
+class StreamParameters:
+    """Settings from the optional JSON TEXT after the header (python-ismrmrd-server style, or flat)."""
+
+    config: str | None = None  # replaces the config name (python-ismrmrd-server's parameters.config)
+    artifact: str | None = None  # an artifact name/label or "classical", for every slice
+    dtype: str = "float32"  # output image data type: float32 or uint16
+    series_index: int = 1
+    ignored: list[str] = field(default_factory=list)  # keys we do not use, reported back to the client
+
+
+def parse_parameters(text: str) -> StreamParameters:
+    """``StreamParameters`` from JSON text; SessionError naming the field that is wrong."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SessionError(f"the TEXT message after the header must be JSON parameters: {error}") from None
+    if not isinstance(document, dict):
+        raise SessionError("the JSON parameters must be an object, e.g. {\"artifact\": \"demo-xpdnet\"}")
+    values = dict(document)
+    nested = values.pop("parameters", None)
+    if nested is not None:
+        if not isinstance(nested, dict):
+            raise SessionError("parameters: must be a JSON object")
+        values.update(nested)
+    params = StreamParameters()
+    for key, value in values.items():
+        if key in ("config", "customconfig", "artifact"):
+            if value in (None, ""):
+                continue
+            if not isinstance(value, str) or len(value) > 200:
+                raise SessionError(f"{key}: must be a name (a string of at most 200 characters)")
+            if key == "artifact":
+                params.artifact = value
+            else:
+                params.config = value
+        elif key in ("dtype", "output_dtype"):
+            if value not in IMAGE_DTYPES:
+                raise SessionError(f"{key}: must be one of {', '.join(IMAGE_DTYPES)}, got {value!r}")
+            params.dtype = value
+        elif key == "series_index":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+                raise SessionError(f"series_index: must be an integer in 0..65535, got {value!r}")
+            params.series_index = value
+        else:
+            params.ignored.append(str(key)[:50])
+    return params
+
+
+class MrdSession:
+    """Serves one connection; ``run`` never raises for anything the client does."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, engine: Any, *,
+                 limits: Limits = DEFAULT_LIMITS, engine_wait_s: float = ENGINE_WAIT_S) -> None:
+        self.reader, self.writer, self.engine = reader, writer, engine
+        self.limits, self.engine_wait_s = limits, engine_wait_s
+        self.id = f"mrd-{next(_session_ids)}"
+        self.counts = {"acquisitions": 0, "waveforms": 0, "images_in": 0, "texts": 0, "arrays": 0, "slices": 0,
+                       "images_out": 0}
+        self.choice: ConfigChoice | None = None
+        self.params = StreamParameters()
+        self.header: Any = None
+        self._assembler: AcquisitionAssembler | None = None
+        self._write_lock = asyncio.Lock()
+        self._next_image_index = 1
+        self._pending: set[asyncio.Task] = set()
+        self._reader_task: asyncio.Task | None = None
+        self._failure: str | None = None
+        self._labels: dict[str, int] = {}
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+    async def run(self) -> None:
+        started = time.perf_counter()
+        peer = self.writer.get_extra_info("peername")
+        log_event(logger, "mrd_open", session=self.id, peer=str(peer[0]) if peer else "")
+        error: str | None = None
+        outcome = "ok"
+        try:
+            outcome = await self._serve()
+        except SessionError as failure:
+            error = str(failure)
+        except ProtocolError as failure:
+            error = f"malformed stream: {failure}"
+        except StreamEndedError:
+            error = "the client closed the connection without sending CLOSE"
+        except (ConnectionError, OSError) as failure:
+            error = f"connection lost: {failure}"
+        except asyncio.CancelledError:
+            error = "the server is shutting down; the stream was cut before its CLOSE"
+        except Exception as failure:  # a bug of ours: end this stream only, with a reason
+            logger.exception("mrd session %s failed", self.id)
+            error = f"internal error: {type(failure).__name__}: {str(failure)[:300]}"
+        finally:
+            await self._cancel_pending()
+            if error is not None:
+                outcome = "error"
+                await self._send(encode_text(f"ERROR: {error}"))
+            await self._send(encode_close())
+            self.writer.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):  # the peer may be gone already
+                await asyncio.wait_for(self.writer.wait_closed(), 5)
+            log_event(logger, "mrd_close", logging.WARNING if error else logging.INFO, session=self.id,
+                      outcome=outcome, error=error, config=self.choice.name if self.choice else None,
+                      labels=self._labels, duration_ms=round(1000 * (time.perf_counter() - started), 1),
+                      **self.counts)
+
+    async def _serve(self) -> str:
+        """The protocol up to the data phase, then the data phase; returns the outcome for the log."""
+        first = await read_message(self.reader, self.limits)
+        if first.id == MessageId.CLOSE:
+            return "empty"  # connected and closed: nothing to do but answer CLOSE
+        if first.id not in (MessageId.CONFIG_FILE, MessageId.CONFIG_TEXT):
+            raise SessionError(f"expected CONFIG_FILE (1) or CONFIG_TEXT (2) first, got message id {first.id}")
+        config_name = first.value if first.id == MessageId.CONFIG_FILE else self._config_text_name(first.value)
+        second = await read_message(self.reader, self.limits)
+        if second.id == MessageId.CLOSE:
+            # Noise-dependency query: a config, then CLOSE before any header. Gadgetron (HeaderConnection ->
+            # VoidConnection) runs the chain with no input and its connection handler then sends any errors as
+            # TEXT and CLOSE; python-ismrmrd-server returns without processing. We keep no dependencies between
+            # measurements (noise scans inside the stream are used), so the answer is CLOSE alone.
+            log_event(logger, "mrd_dependency_query", session=self.id)
+            return "dependency_query"
+        if second.id != MessageId.HEADER:
+            raise SessionError(f"expected the ISMRMRD HEADER (3) after the config, got message id {second.id}")
+        try:
+            self.header = parse_header(second.value)  # strips trailing NULs (python-ismrmrd-server sends one)
+            self._assembler = AcquisitionAssembler(self.header)
+        except (ValueError, TypeError) as error:
+            raise SessionError(f"the HEADER is not a usable ISMRMRD header: {error}") from None
+        await self._wait_for_engine()
+        self.choice = self._resolve(config_name)
+        await self._send(encode_text(f"mrdserve: {self.choice.describe()}"))
+        log_event(logger, "mrd_config", session=self.id, config=self.choice.name, mode=self.choice.mode,
+                  artifact=self.choice.artifact, trajectory=self._assembler.info.trajectory)
+        self._reader_task = asyncio.create_task(self._read_data())
+        try:
+            await self._reader_task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._failure is not None and current is not None and not current.cancelling():
+                raise SessionError(self._failure) from None
+            raise
+        if self._failure is not None:
+            raise SessionError(self._failure)
+        return "ok"
+
+    @staticmethod
+    def _config_text_name(text: str) -> str:
+        """CONFIG_TEXT carries a Gadgetron chain XML or a bare name: we take a bare name only."""
+        stripped = text.strip("\x00 \t\r\n")
+        if stripped.startswith("<"):
+            raise SessionError("CONFIG_TEXT holds a Gadgetron chain XML; this server takes a config name "
+                               "(default, classical, cartesian, noncartesian or an artifact name)")
+        return stripped
+
+    async def _wait_for_engine(self) -> None:
+        deadline = time.monotonic() + self.engine_wait_s
+        while not getattr(self.engine, "ready", True):
+            if time.monotonic() >= deadline:
+                raise SessionError(f"the reconstruction engine is not ready after {self.engine_wait_s:g} s "
+                                   "(loading or warming up its artifacts, or it failed to start); retry later")
+            await asyncio.sleep(0.05)
+
+    def _resolve(self, name: str) -> ConfigChoice:
+        try:
+            return resolve(name, self.engine.artifacts)
+        except UnknownConfigError as error:
+            raise SessionError(str(error)) from None
+
+    # ------------------------------------------------------------------------------------------- data phase
+    async def _read_data(self) -> None:
+        assembler = self._assembler
+        assert assembler is not None
+        expecting_parameters = True
+        while True:
+            message = await read_message(self.reader, self.limits)
+            kind = message.id
+            if kind == MessageId.TEXT and expecting_parameters:
+                await self._apply_parameters(message.value)
+                expecting_parameters = False
+                continue
+            expecting_parameters = False
+            if kind == MessageId.ACQUISITION:
+                self.counts["acquisitions"] += 1
+                received = time.perf_counter()
+                try:
+                    samples = assembler.add(message.value)
+                except ValueError as error:
+                    raise SessionError(f"acquisition {self.counts['acquisitions']} cannot be used: {error}") \
+                        from None
+                for sample in samples:
+                    self._start_slice(sample, received, time.perf_counter() - received)
+            elif kind == MessageId.CLOSE:
+                await self._finish(assembler)
+                return
+            elif kind == MessageId.WAVEFORM:
+                self.counts["waveforms"] += 1  # physiological signals: not part of the reconstruction
+            elif kind == MessageId.IMAGE:
+                self.counts["images_in"] += 1
+                await self._send(encode_object(message.value))  # images from the client go back unchanged
+            elif kind == MessageId.TEXT:
+                self.counts["texts"] += 1  # a client log line in the data phase
+            elif kind == MessageId.NDARRAY:
+                self.counts["arrays"] += 1  # not reconstructed; reported in the summary
+            else:
+                raise SessionError(f"message id {kind} ({MessageId(kind).name}) is not allowed after the header")
+
+    async def _apply_parameters(self, text: str) -> None:
+        params = parse_parameters(text)
+        if params.config is not None:
+            self.choice = self._resolve(params.config)
+        if params.artifact is not None:
+            self.choice = self._resolve(params.artifact)
+        self.params = params
+        note = f"; ignored unknown field(s): {', '.join(params.ignored)}" if params.ignored else ""
+        await self._send(encode_text(f"mrdserve: parameters accepted ({self.choice.describe()}, dtype "  # type: ignore[union-attr]
+                                     f"{params.dtype}, series_index {params.series_index}){note}"))
+
+    async def _finish(self, assembler: AcquisitionAssembler) -> None:
+        """The client's CLOSE: flush open slices, wait for every slice, send the summary."""
+        try:
+            samples = assembler.finish(require_data=False)
+        except ValueError as error:
+            raise SessionError(f"the stream's last slice cannot be used: {error}") from None
+        now = time.perf_counter()
+        for sample in samples:
+            self._start_slice(sample, now, 0.0)
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        if self._failure is not None:
+            return
+        if self.counts["slices"] == 0 and self.counts["images_in"] == 0:
+            noise = assembler.n_noise_scans
+            raise SessionError(f"the stream held no imaging data ({self.counts['acquisitions']} acquisitions, "
+                               f"{noise} noise scans, {sum(assembler.skipped.values())} skipped)")
+        skipped = ", ".join(f"{n} {what}" for what, n in sorted(assembler.skipped.items())) or "none"
+        await self._send(encode_text(
+            f"mrdserve: done: {self.counts['images_out']} image(s) from {self.counts['slices']} slice(s); "
+            f"{self.counts['acquisitions']} acquisitions ({assembler.n_noise_scans} noise scans, skipped: "
+            f"{skipped}), {self.counts['waveforms']} waveforms ignored, {self.counts['images_in']} images passed "
+            f"back, {self.counts['arrays']} arrays ignored"))
+
+    # ------------------------------------------------------------------------------------------- slices
+    def _start_slice(self, sample: KSpaceSample, received: float, assemble_s: float) -> None:
+        self.counts["slices"] += 1
+        task = asyncio.create_task(self._reconstruct_slice(sample, received, assemble_s))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def _artifact_for(self, sample: KSpaceSample) -> tuple[str | None, str | None]:
+        """(the ``artifact`` argument of ``engine.reconstruct``, a fallback reason to report) for one slice."""
+        choice = self.choice
+        assert choice is not None
+        if choice.mode == "artifact":
+            return choice.artifact, None
+        if choice.mode == CLASSICAL:
+            return CLASSICAL, None
+        if choice.mode == "task":
+            candidates = [a for a in self.engine.artifacts if a.manifest["task"] in choice.tasks]
+            chosen = choose(candidates, sample)
+            if chosen is None:
+                return CLASSICAL, f"config {choice.name!r}: no artifact of task {', '.join(choice.tasks)} " \
+                                  f"fits this slice"
+            return chosen.label, None
+        return None, None
+
+    async def _reconstruct_slice(self, sample: KSpaceSample, received: float, assemble_s: float) -> None:
+        where = f"slice {sample.index.slice} (contrast {sample.index.contrast}, repetition " \
+                f"{sample.index.repetition})"
+        label = "none"
+        inflight = self.engine.metrics.inflight_requests
+        inflight.inc()
+        try:
+            artifact, reason = self._artifact_for(sample)
+            result = (await self._engine_reconstruct(sample, artifact))[0]
+            if reason is not None:
+                result.fallback_reason = reason
+            label = str(result.label)
+            reconstructed = time.perf_counter()
+            await self._write_image(result)
+            sent = time.perf_counter()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self.engine.metrics.count_request(ENTRYPOINT, label, "failed")
+            self._fail(f"{where} failed: {self._explain(error)}")
+            return
+        finally:
+            inflight.dec()
+        metrics = self.engine.metrics
+        metrics.count_request(ENTRYPOINT, label, "ok")
+        metrics.observe_stage("ingest", assemble_s)
+        metrics.observe_stage("output", sent - reconstructed)
+        metrics.observe_stage("total", sent - received)
+        self._labels[label] = self._labels.get(label, 0) + 1
+        timings = " ".join(f"{stage}={1000 * seconds:.1f}ms" for stage, seconds in result.timings.items())
+        made_by = f"classical fallback ({result.fallback_reason})" if result.fallback_reason else label
+        await self._send(encode_text(f"mrdserve: {where}: {made_by}; {timings} total={1000 * (sent - received):.1f}ms"))
+
+    async def _engine_reconstruct(self, sample: KSpaceSample, artifact: str | None) -> list[Any]:
+        from service.engine.batcher import QueueFullError, ShuttingDownError
+
+        deadline = time.monotonic() + QUEUE_RETRY_S
+        while True:
+            try:
+                return await self.engine.reconstruct([sample], artifact=artifact, request_id=self.id)
+            except ShuttingDownError:
+                raise
+            except QueueFullError as error:  # back-pressure: a stream waits rather than losing a slice
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(min(max(error.retry_after_s, 0.01), 0.25))
+
+    async def _write_image(self, result: Any) -> None:
+        async with self._write_lock:
+            image = to_ismrmrd_images([result], self.header, self.params.series_index, self.params.dtype,
+                                      first_image_index=self._next_image_index)[0]
+            self._next_image_index += 1
+            self.writer.write(encode_object(image))
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await self.writer.drain()
+            self.counts["images_out"] += 1
+
+    @staticmethod
+    def _explain(error: Exception) -> str:
+        from service.engine.batcher import QueueFullError, ReconstructionError
+
+        if isinstance(error, QueueFullError):
+            return f"the server is busy: {error}"
+        if isinstance(error, TimeoutError):
+            return str(error) or "the reconstruction timed out"
+        if isinstance(error, ReconstructionError | ValueError):
+            return str(error)
+        return f"{type(error).__name__}: {str(error)[:300]}"
+
+    def _fail(self, reason: str) -> None:
+        """A slice failed: remember the first reason and stop reading (the stream then ends with it)."""
+        if self._failure is None:
+            self._failure = reason
+            if self._reader_task is not None and not self._reader_task.done():
+                self._reader_task.cancel()
+
+    async def _cancel_pending(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    # ------------------------------------------------------------------------------------------- output
+    async def _send(self, payload: bytes) -> None:
+        """Write under the connection's lock; a peer that went away is not an error here."""
+        if self.writer.is_closing():
+            return
+        try:
+            async with self._write_lock:
+                self.writer.write(payload)
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await self.writer.drain()
+        except (ConnectionError, OSError, TimeoutError):
+            pass
+
