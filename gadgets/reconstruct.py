@@ -1,0 +1,199 @@
+"""The Gadgetron external gadget: ``reconstruct(connection)`` is the target for
+``<execute name="gadgets.reconstruct" target="reconstruct" type="python"/>`` (Gadgetron runs
+``python -m gadgetron <port> gadgets.reconstruct reconstruct``) and the handler of our own listener.
+
+It is a thin adapter over the service: raw acquisitions go through one ``AcquisitionAssembler`` per stream
+(prewhitening, oversampling removal, slice assembly); ReconData buffers after BucketToBuffer are turned back into
+acquisitions (``gadgets.recon_data``). Each slice is reconstructed by the shared ``Engine`` as soon as it is
+complete and its ISMRMRD image is sent at once. Any failure is reported with Gadgetron's ERROR message (id 8)
+before the final CLOSE; reads time out, so the chain never hangs on us.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ismrmrd
+
+from gadgets.connection import GadgetConnection
+from gadgets.recon_data import ReconData, bit_to_acquisitions
+from gadgets.settings import GadgetSettings
+from models.data.acquisitions import AcquisitionAssembler
+from models.data.ismrmrd_header import encoding_info, header_to_xml, parse_header
+from models.data.sample import KSpaceSample
+from service.engine.engine import Engine
+from service.engine.result import ReconResult
+from service.mrd.protocol import MessageId, ProtocolError
+from service.outputs.ismrmrd_images import to_ismrmrd_images
+
+log = logging.getLogger("mrdserve.gadget")
+
+_ENGINES: dict[tuple[Any, ...], Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+_RUN_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+MAX_REASON_CHARS = 2000
+
+
+def shared_engine(settings: GadgetSettings) -> Engine:
+    """One loaded engine per (artifact directories, device, runner) in this process."""
+    config = settings.service_config()
+    key = (tuple(str(p) for p in config.artifacts), config.device, config.runner)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = Engine(config)
+            engine.load()
+            _ENGINES[key] = engine
+        return engine
+
+
+def _run_lock(engine: Engine) -> threading.Lock:
+    with _ENGINES_LOCK:
+        return _RUN_LOCKS.setdefault(engine, threading.Lock())
+
+
+def header_for_readout(header: Any, number_of_samples: int) -> Any:
+    """``header``, or a copy whose encoded readout matches data that already lost its readout oversampling
+    (Gadgetron's RemoveROOversampling shortens the readouts but leaves the header as it was)."""
+    info = encoding_info(header)
+    after = info.readout_length_after_oversampling
+    if info.trajectory not in ("cartesian", "epi") or not number_of_samples <= after < info.encoded_matrix[0]:
+        return header
+    adapted = parse_header(header_to_xml(header))
+    encoded = adapted.encoding[0].encodedSpace
+    encoded.matrixSize.x = after
+    encoded.fieldOfView_mm.x = adapted.encoding[0].reconSpace.fieldOfView_mm.x
+    return adapted
+
+
+class GadgetSession:
+    """One Gadgetron stream: messages in, images out, ERROR on failure, CLOSE at the end (see module docstring).
+
+    ``run_samples`` replaces the engine call (tests inject failures with it).
+    """
+
+    def __init__(self, connection: GadgetConnection, *, engine: Engine | None = None,
+                 settings: GadgetSettings | None = None,
+                 run_samples: Callable[[Sequence[KSpaceSample]], list[ReconResult]] | None = None) -> None:
+        self.connection = connection
+        self.engine = engine
+        self.settings = settings
+        self.run_samples = run_samples
+        self.header: Any = None
+        self.images_sent = 0
+        self.passed_back = 0
+        self._assembler: AcquisitionAssembler | None = None
+        self._pending_noise: list[ismrmrd.Acquisition] = []
+
+    # -- entry -------------------------------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Serve the stream to its end; True when it ended cleanly, False after an ERROR was sent."""
+        try:
+            self._serve()
+            return True
+        except Exception as error:
+            reason = f"mrdserve gadget: {type(error).__name__}: {error}"[:MAX_REASON_CHARS]
+            log.error("%s (after %d image(s))", reason, self.images_sent)
+            self.connection.send_error(reason)
+            self.connection.discard_pending()
+            return False
+        finally:
+            self.connection.close()
+
+    def _serve(self) -> None:
+        if self.settings is None:
+            self.settings = GadgetSettings.from_config_text(self.connection.config_text)
+        if self.settings.read_timeout_s is not None:
+            self.connection.read_timeout_s = self.settings.read_timeout_s
+            self.connection.sock.settimeout(self.settings.read_timeout_s)
+        self.header = parse_header(self.connection.header_text)
+        if self.run_samples is None:
+            engine = self.engine if self.engine is not None else shared_engine(self.settings)
+            engine.load()
+            lock, artifact = _run_lock(engine), self.settings.artifact_choice
+
+            def run_samples(samples: Sequence[KSpaceSample]) -> list[ReconResult]:
+                with lock:
+                    return engine.reconstruct_sync(samples, artifact=artifact)
+
+            self.run_samples = run_samples
+        while True:
+            message = self.connection.read()
+            if message.id == MessageId.CLOSE:
+                self._finish()
+                log.info("stream done: %d image(s) sent, %d item(s) passed back", self.images_sent,
+                         self.passed_back)
+                return
+            self._handle(message.id, message.value)
+
+    # -- messages ----------------------------------------------------------------------------------------------
+
+    def _handle(self, message_id: int, value: Any) -> None:
+        if message_id == MessageId.ACQUISITION:
+            self._reconstruct(self._add_acquisition(value))
+        elif message_id == MessageId.RECON_DATA:
+            self._reconstruct(self._recon_data_samples(value))
+        elif message_id in (MessageId.IMAGE, MessageId.WAVEFORM):
+            self.connection.send(value)  # not ours to reconstruct: back to the chain, unchanged
+            self.passed_back += 1
+        elif message_id == MessageId.TEXT:
+            log.info("text message from Gadgetron (%d characters) ignored", len(value))
+        elif message_id == MessageId.ERROR:
+            raise RuntimeError(f"Gadgetron reported an error upstream: {value[:500]}")
+        else:
+            name = MessageId(message_id).name if message_id in MessageId._value2member_map_ else "unknown"
+            raise ProtocolError(f"message id {message_id} ({name}) is not handled by this gadget; it takes "
+                                f"acquisitions (1008) or ReconData (1023)")
+
+    def _add_acquisition(self, acq: ismrmrd.Acquisition) -> list[KSpaceSample]:
+        if self._assembler is None:
+            if acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+                self._pending_noise.append(acq)  # the assembler's header depends on the first data readout
+                return []
+            header = header_for_readout(self.header, int(acq.number_of_samples))
+            self._assembler = AcquisitionAssembler(header, prewhiten=bool(self.settings and self.settings.prewhiten))
+            for noise in self._pending_noise:
+                self._assembler.add(noise)
+            self._pending_noise.clear()
+        return self._assembler.add(acq)
+
+    def _recon_data_samples(self, recon_data: ReconData) -> list[KSpaceSample]:
+        samples: list[KSpaceSample] = []
+        for bit in recon_data.bits:
+            acquisitions = bit_to_acquisitions(bit)
+            if not acquisitions:
+                raise ValueError("a ReconData bit holds no acquired lines (every header is empty)")
+            header = header_for_readout(self.header, int(acquisitions[0].number_of_samples))
+            assembler = AcquisitionAssembler(header, prewhiten=False)  # NoiseAdjust ran in Gadgetron, if at all
+            for acq in acquisitions:
+                samples.extend(assembler.add(acq))
+            samples.extend(assembler.finish(require_data=False))
+        return samples
+
+    def _finish(self) -> None:
+        if self._assembler is not None:
+            self._reconstruct(self._assembler.finish(require_data=False))
+
+    def _reconstruct(self, samples: list[KSpaceSample]) -> None:
+        if not samples:
+            return
+        assert self.run_samples is not None and self.settings is not None
+        results = self.run_samples(samples)
+        images = to_ismrmrd_images(results, self.header, series_index=self.settings.series_index,
+                                   dtype=self.settings.image_dtype, first_image_index=self.images_sent + 1)
+        for image in images:
+            self.connection.send(image)
+        self.images_sent += len(images)
+
+
+def reconstruct(connection: Any, engine: Engine | None = None, settings: GadgetSettings | None = None) -> bool:
+    """Gadgetron target: serve one stream on a ``gadgetron.external.Connection`` (handshake done) or on our
+    ``GadgetConnection``; True when it ended cleanly, False after an ERROR was sent."""
+    if not isinstance(connection, GadgetConnection):
+        connection = GadgetConnection.from_gadgetron(connection)
+    return GadgetSession(connection, engine=engine, settings=settings).run()

@@ -1,0 +1,137 @@
+"""The ``<connect>`` form through our own listener (in-process, sharing one engine): raw acquisitions, ReconData
+built the way BucketToBuffer would (after RemoveROOversampling) equal to the raw path, pass-back of waveforms,
+and every failure (unknown id, engine error, bad handshake) answered with ERROR then CLOSE."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+import ismrmrd
+import numpy as np
+import pytest
+
+from gadgets.connection import GadgetConnection
+from gadgets.listen import Listener
+from gadgets.reconstruct import GadgetSession
+from gadgets.settings import GadgetSettings
+from service.engine.batcher import ReconstructionError
+from service.mrd.protocol import MessageId, encode_text
+from tests.gadgets.checks import assert_images_match
+from tests.gadgets.conftest import expected_results
+from tests.gadgets.gadgetron_side import (
+    TIMEOUT_S,
+    collect,
+    config_text,
+    recon_data_messages,
+    stream_bytes,
+    without_readout_oversampling,
+)
+
+
+@pytest.fixture(scope="module")
+def listener(engine):
+    listener = Listener("127.0.0.1", 0, engine=engine, read_timeout_s=TIMEOUT_S)
+    thread = listener.start()
+    yield listener
+    listener.close()
+    thread.join(TIMEOUT_S)
+
+
+def _exchange(listener, payload: bytes):
+    with socket.create_connection(("127.0.0.1", listener.port), TIMEOUT_S) as sock:
+        return collect(sock, payload)
+
+
+def test_raw_acquisitions_through_the_listener(listener, engine, cartesian):
+    header, acquisitions = cartesian
+    messages = _exchange(listener, stream_bytes(config_text(artifact="demo-xpdnet"), header, acquisitions))
+    assert_images_match(messages, expected_results(engine, header, acquisitions))
+
+
+def test_recon_data_after_remove_ro_oversampling_equals_the_raw_path(listener, engine, cartesian_quiet):
+    header, acquisitions = cartesian_quiet
+    buffers = recon_data_messages(without_readout_oversampling(acquisitions, header), header)
+    assert len(buffers) == 2  # one per slice
+    messages = _exchange(listener, stream_bytes(config_text(), header, buffers))
+    assert_images_match(messages, expected_results(engine, header, acquisitions), rtol=1e-4)
+
+
+def test_radial_recon_data_carries_the_trajectory(listener, engine, radial):
+    header, acquisitions = radial
+    messages = _exchange(listener, stream_bytes(config_text(), header, recon_data_messages(acquisitions, header)))
+    assert_images_match(messages, expected_results(engine, header, acquisitions, prewhiten=False), rtol=1e-4)
+
+
+def test_waveforms_are_passed_back_not_reconstructed(listener, engine, cartesian):
+    header, acquisitions = cartesian
+    waveform = ismrmrd.Waveform.from_array(np.arange(8, dtype=np.uint32).reshape(1, 8))
+    messages = _exchange(listener, stream_bytes(config_text(), header, [waveform, *acquisitions]))
+    assert messages[0].id == MessageId.WAVEFORM
+    np.testing.assert_array_equal(messages[0].value.data, waveform.data)
+    assert_images_match(messages[1:], expected_results(engine, header, acquisitions))
+
+
+def test_unknown_message_id_is_an_error_not_a_silent_stop(listener, cartesian):
+    header, acquisitions = cartesian
+    unknown = struct.pack("<H", 4242) + b"\x00" * 16
+    messages = _exchange(listener, stream_bytes(config_text(), header, [*acquisitions[:3], unknown]))
+    assert [m.id for m in messages] == [MessageId.ERROR, MessageId.CLOSE]
+    assert "unknown message id 4242" in messages[0].value
+
+
+def test_unsupported_known_message_is_an_error(listener, cartesian):
+    header, _ = cartesian
+    array = struct.pack("<HHHHQf", MessageId.NDARRAY, ismrmrd.DATATYPE_FLOAT, 0, 1, 1, 1.0)
+    messages = _exchange(listener, stream_bytes(config_text(), header, [array]))
+    assert [m.id for m in messages] == [MessageId.ERROR, MessageId.CLOSE]
+    assert "1030" in messages[0].value
+
+
+def test_bad_handshake_and_bad_configuration_are_answered(listener, cartesian):
+    header, acquisitions = cartesian
+    messages = _exchange(listener, encode_text(header, MessageId.HEADER))
+    assert [m.id for m in messages] == [MessageId.ERROR, MessageId.CLOSE]
+    assert "expected CONFIG" in messages[0].value
+    messages = _exchange(listener, stream_bytes(config_text(colour="blue"), header, acquisitions))
+    assert [m.id for m in messages] == [MessageId.ERROR, MessageId.CLOSE]
+    assert "unknown gadget property colour" in messages[0].value
+    messages = _exchange(listener, stream_bytes(config_text(), "<not-ismrmrd/>", acquisitions))
+    assert [m.id for m in messages] == [MessageId.ERROR, MessageId.CLOSE]
+
+
+def test_engine_failure_is_reported_with_error_then_close(cartesian):
+    header, acquisitions = cartesian
+    ours, theirs = socket.socketpair()
+
+    def failing(samples):
+        raise ReconstructionError("reconstruction with demo-xpdnet failed: RuntimeError: injected")
+
+    def serve():
+        connection = GadgetConnection.accept_handshake(theirs, read_timeout_s=TIMEOUT_S)
+        outcome.append(GadgetSession(connection, settings=GadgetSettings(), run_samples=failing).run())
+
+    outcome: list[bool] = []
+    thread = threading.Thread(target=serve)
+    thread.start()
+    with ours:
+        messages = collect(ours, stream_bytes(config_text(), header, acquisitions))
+    thread.join(TIMEOUT_S)
+    assert [m.id for m in messages] == [MessageId.ERROR, MessageId.CLOSE]
+    assert "injected" in messages[0].value and "ReconstructionError" in messages[0].value
+    assert outcome == [False]
+
+
+def test_silent_peer_times_out_with_error(cartesian):
+    header, _ = cartesian
+    ours, theirs = socket.socketpair()
+    connection = GadgetConnection(theirs, config_text(), header, read_timeout_s=0.3)
+    thread = threading.Thread(target=lambda: GadgetSession(connection, settings=GadgetSettings(),
+                                                           run_samples=lambda s: []).run())
+    thread.start()
+    with ours:
+        messages = collect(ours, b"")  # sends nothing, never closes
+    thread.join(TIMEOUT_S)
+    assert [m.id for m in messages] == [MessageId.ERROR, MessageId.CLOSE]
+    assert "no data from Gadgetron for 0.3 s" in messages[0].value
