@@ -29,7 +29,6 @@ from service.mrd.protocol import (
     encode_close,
     encode_error,
     encode_object,
-    encode_text,
     read_message_blocking,
 )
 
@@ -108,8 +107,8 @@ class GadgetConnection:
     def send(self, item: ismrmrd.Image | ismrmrd.Acquisition | ismrmrd.Waveform) -> None:
         self._write(encode_object(item))
 
-    def send_text(self, text: str) -> None:
-        self._write(encode_text(text))
+    # No TEXT (5) towards Gadgetron: its ExternalChannel treats TEXT from the external peer as an illegal message
+    # id; ERROR (8, uint64 length) is what it reads, collects, and raises as a RemoteError at CLOSE.
 
     def send_error(self, reason: str) -> None:
         """Gadgetron's ERROR message; a peer that already went away is only logged."""
