@@ -9,7 +9,7 @@ pick the reconstruction. Ours:
 - a task name: ``cartesian`` (XPDNet-style artifacts, task ``cartesian2d-multicoil``), ``noncartesian``
   (NC-PDNet, ``noncartesian2d-multicoil`` and ``noncartesian3d``), or a task id itself: the first artifact of
   that task that fits each slice, else the classical fallback;
-- an artifact name (``demo-xpdnet``) or label (``demo-xpdnet-0.4000``): that artifact for every slice.
+- an artifact name (``demo-xpdnet``) or label (``demo-xpdnet-0.12000``): that artifact for every slice.
 
 A ``.xml`` suffix is ignored, names are case-insensitive. Anything else is an unknown config.
 """

@@ -56,7 +56,7 @@ def test_serve_streams_and_stops_cleanly(tmp_path):
         assert sorted(image.slice for image in images) == [0, 1]
         assert all(np.isfinite(image.data).all() and image.data.max() > 0 for image in images)
         metrics = httpx.get(f"http://{HOST}:{port}/metrics", timeout=10).text  # one engine behind both servers
-        assert 'mrdserve_requests_total{artifact="demo-xpdnet-0.4000",entrypoint="mrd",outcome="ok"} 2.0' in metrics
+        assert 'mrdserve_requests_total{artifact="demo-xpdnet-0.12000",entrypoint="mrd",outcome="ok"} 2.0' in metrics
     finally:
         process.send_signal(signal.SIGTERM)
         try:

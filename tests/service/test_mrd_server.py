@@ -202,7 +202,7 @@ def test_simulated_streams_equal_the_rest_path(server, rest, inputs, trajectory,
     logged = " ".join(result.texts)
     assert artifact in logged and "done: " in logged and "total=" in logged
     assert_same_pixels(result.images, rest_images(rest, inputs[trajectory]))
-    label = result.images[0].meta["ImageComments"].replace(" ", "-")  # "demo-xpdnet 0.4000" -> its label
+    label = result.images[0].meta["ImageComments"].replace(" ", "-")  # "demo-xpdnet 0.12000" -> its label
     assert server.engine.metrics.sample_value(
         "mrdserve_requests_total", {"entrypoint": "mrd", "artifact": label, "outcome": "ok"}) >= len(slices)
     assert server.engine.metrics.sample_value("mrdserve_inflight_requests") == 0  # every slice counted out again

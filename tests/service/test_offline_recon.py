@@ -31,8 +31,8 @@ def _scaled(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 # Margins over CG-SENSE on this held-out file (measured at seeds 12345, 1, 2): NC-PDNet gains 1-5 dB and more
-# than 0.2 SSIM; the small CPU-trained XPDNet gains 0.7-2.9 dB but only matches CG-SENSE's SSIM.
-MARGINS = {"cartesian": (0.3, -0.03), "radial": (0.5, 0.1), "spiral": (0.5, 0.1)}  # (dB, SSIM) over CG-SENSE
+# than 0.2 SSIM; the XPDNet (12,000 CPU steps) gains 2.2-5.8 dB and 0.15-0.20 SSIM.
+MARGINS = {"cartesian": (1.0, 0.1), "radial": (0.5, 0.1), "spiral": (0.5, 0.1)}  # (dB, SSIM) over CG-SENSE
 
 
 @pytest.mark.parametrize("trajectory", ["cartesian", "radial", "spiral"])
