@@ -113,9 +113,48 @@ class NCPDNet(nn.Module):
             out_im = out_im.narrow(dims[i], 0, re.shape[dims[i]])
         return out_re, out_im
 
+    @torch.jit.unused
+    def _tracing_for_export(self) -> bool:
+        """True while torch.export / torch.compile / the ONNX exporter traces the network (eager: False)."""
+        return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+    def _normal_complex(self, re: torch.Tensor, im: torch.Tensor, kernel: torch.Tensor,
+                        smaps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_normal`` with complex tensors throughout: the FFT zero-pads (``s=``) and complex products replace
+        the real-arithmetic form, about half the full-size memory passes (eager and TorchScript)."""
+        dims: list[int] = []
+        padded: list[int] = []
+        for i in range(self.n_dims):
+            dims.append(re.dim() + 1 - self.n_dims + i if smaps is not None else re.dim() - self.n_dims + i)
+            padded.append(kernel.shape[kernel.dim() - 1 - self.n_dims + i])
+        spectrum_kernel = torch.view_as_complex(kernel.contiguous())
+        image = torch.complex(re, im)
+        coil_maps = torch.view_as_complex(smaps.contiguous()) if smaps is not None else None
+        if coil_maps is not None:
+            image = coil_maps * image.unsqueeze(1)
+            if kernel.dim() == self.n_dims + 2:  # one kernel per sample: broadcast over coils
+                spectrum_kernel = spectrum_kernel.unsqueeze(1)
+        spectrum = torch.fft.fftn(image, s=padded, dim=dims)
+        result = torch.fft.ifftn(spectrum * spectrum_kernel, dim=dims)
+        for i in range(self.n_dims):
+            result = result.narrow(dims[i], 0, re.shape[re.dim() - self.n_dims + i])
+        if coil_maps is not None:
+            result = (coil_maps.conj() * result).sum(1)
+        return result.real, result.imag
+
     def _normal(self, re: torch.Tensor, im: torch.Tensor, kernel: torch.Tensor,
                 smaps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """A^H D A of the image ``re + i im [B, *S]``; real ``kernel [(B,) *2S, 2]``, ``smaps [B, C, *S, 2]``."""
+        """A^H D A of the image ``re + i im [B, *S]``; real ``kernel [(B,) *2S, 2]``, ``smaps [B, C, *S, 2]``.
+
+        Eager and TorchScript use complex arithmetic (``_normal_complex``); under export tracing the real form
+        below runs, since the ONNX exporter handles complex FFTs but not complex padding or products.
+        """
+        if torch.jit.is_scripting():  # noqa: SIM108 -- TorchScript skips the else branch only in this if form
+            use_complex = True
+        else:
+            use_complex = not self._tracing_for_export()
+        if use_complex:
+            return self._normal_complex(re, im, kernel, smaps)
         kernel_re = kernel[..., 0]
         kernel_im = kernel[..., 1]
         if smaps is None:
