@@ -88,6 +88,7 @@ class GadgetSession:
         self.passed_back = 0
         self._assembler: AcquisitionAssembler | None = None
         self._pending_noise: list[ismrmrd.Acquisition] = []
+        self._headers_by_readout: dict[int, Any] = {}  # header_for_readout per readout length (re-parses XML)
 
     # -- entry -------------------------------------------------------------------------------------------------
 
@@ -155,12 +156,18 @@ class GadgetSession:
             if acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
                 self._pending_noise.append(acq)  # the assembler's header depends on the first data readout
                 return []
-            header = header_for_readout(self.header, int(acq.number_of_samples))
+            header = self._header_for_readout(int(acq.number_of_samples))
             self._assembler = AcquisitionAssembler(header, prewhiten=bool(self.settings and self.settings.prewhiten))
             for noise in self._pending_noise:
                 self._assembler.add(noise)
             self._pending_noise.clear()
         return self._assembler.add(acq)
+
+    def _header_for_readout(self, number_of_samples: int) -> Any:
+        """``header_for_readout`` once per readout length: ReconData brings one bit per slice, same length."""
+        if number_of_samples not in self._headers_by_readout:
+            self._headers_by_readout[number_of_samples] = header_for_readout(self.header, number_of_samples)
+        return self._headers_by_readout[number_of_samples]
 
     def _recon_data_samples(self, recon_data: ReconData) -> list[KSpaceSample]:
         samples: list[KSpaceSample] = []
@@ -168,7 +175,7 @@ class GadgetSession:
             acquisitions = bit_to_acquisitions(bit)
             if not acquisitions:
                 raise ValueError("a ReconData bit holds no acquired lines (every header is empty)")
-            header = header_for_readout(self.header, int(acquisitions[0].number_of_samples))
+            header = self._header_for_readout(int(acquisitions[0].number_of_samples))
             assembler = AcquisitionAssembler(header, prewhiten=False)  # NoiseAdjust ran in Gadgetron, if at all
             for acq in acquisitions:
                 samples.extend(assembler.add(acq))
