@@ -120,7 +120,7 @@ class GadgetSession:
 
             def run_samples(samples: Sequence[KSpaceSample]) -> list[ReconResult]:
                 with lock:
-                    return engine.reconstruct_sync(samples, artifact=artifact)
+                    return engine.reconstruct_sync(samples, artifact=artifact, method=self.settings.method)
 
             self.run_samples = run_samples
         while True:

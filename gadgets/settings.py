@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from service.config import ServiceConfig
+from service.engine.plan import CLASSICAL_METHODS as METHODS
 from service.outputs.ismrmrd_images import IMAGE_DTYPES
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -24,7 +25,9 @@ class GadgetSettings:
     when none fits); ``artifacts``: artifact directories, ``:``-separated; ``device``: auto, cpu, cuda[:N];
     ``read_timeout_s``: longest wait for the next message; ``image_dtype``: float32 or uint16;
     ``series_index``: image_series_index of the returned images; ``prewhiten``: use noise scans found in a raw
-    acquisition stream (set false when Gadgetron's NoiseAdjust ran before; ReconData is never prewhitened)."""
+    acquisition stream (set false when Gadgetron's NoiseAdjust ran before; ReconData is never prewhitened);
+    ``method``: the classical method wherever the classical path is used (auto, rss, cg-sense, grappa,
+    l1-wavelet, ...)."""
 
     artifact: str = ""
     artifacts: str = ""
@@ -33,8 +36,11 @@ class GadgetSettings:
     image_dtype: str = "float32"
     series_index: int = 1
     prewhiten: bool = True
+    method: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"gadget property method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.read_timeout_s is not None and not self.read_timeout_s > 0:
             raise ValueError(f"gadget property read_timeout_s must be positive, got {self.read_timeout_s}")
         if self.image_dtype not in IMAGE_DTYPES:

@@ -34,6 +34,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from models.data.baseline import METHODS
 from models.data.ismrmrd_header import encoding_info, parse_header
 from models.data.ismrmrd_io import read_ismrmrd
 from models.data.sample import KSpaceSample
@@ -61,6 +62,10 @@ class OutputFormat(StrEnum):
 class Mode(StrEnum):
     sync = "sync"
     async_ = "async"
+
+
+ClassicalMethod = StrEnum("ClassicalMethod", {name.replace("-", "_"): name for name in METHODS})
+AUTO_METHOD = ClassicalMethod("auto")
 
 
 class ApiError(Exception):
@@ -328,9 +333,11 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
 
     # -------------------------------------------------------------------------------------- reconstruction
     async def reconstruct(samples: list[KSpaceSample], artifact: str | None,
-                          disconnected: Callable[[], Awaitable[bool]] | None = None) -> list[Any]:
+                          disconnected: Callable[[], Awaitable[bool]] | None = None,
+                          method: str = "auto") -> list[Any]:
         """Run the engine, mapping its errors to API errors; cancel it when the client goes away."""
-        task = asyncio.ensure_future(engine.reconstruct(samples, artifact=artifact, request_id=request_id_var.get()))
+        task = asyncio.ensure_future(engine.reconstruct(samples, artifact=artifact, request_id=request_id_var.get(),
+                                                        method=method))
         engine.metrics.inflight_requests.inc()
         try:
             while disconnected is not None and not task.done():
@@ -404,11 +411,15 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
         artifact: Annotated[str | None, Query(description="artifact name or name-version; default: the one that "
                                                           "fits")] = None,
         group: Annotated[str, Query(description="ISMRMRD dataset group in the file")] = "dataset",
+        method: Annotated[ClassicalMethod, Query(description="classical method wherever the classical path is "
+                                                             "used (artifact=classical, or no artifact is "
+                                                             "validated for the data); auto: the best per data")] = (
+            AUTO_METHOD),
         mode: Annotated[Mode, Query(description="async: 202 with a job id, poll /v1/reconstructions/{id}")] = (
             Mode.sync),
     ) -> Response:
         """Reconstruct an uploaded ISMRMRD file and return the images in the format asked for."""
-        params = {"format": format.value, "artifact": artifact, "group": group}
+        params = {"format": format.value, "artifact": artifact, "group": group, "method": method.value}
         too_large = ApiError(413, "too_large", f"the upload is larger than the limit of {config.upload_max_bytes} "
                                                f"bytes (upload_max_bytes)", {"Connection": "close"})
         if mode is Mode.async_:  # spooled jobs are accepted while warming up; they run once ready
@@ -423,7 +434,7 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
             await receive_upload(request, upload, config.upload_max_bytes, too_large)
             header, samples = await cpu_bound(ingest, upload, group)
             ingested = time.perf_counter()
-            results = await reconstruct(samples, artifact, request.is_disconnected)
+            results = await reconstruct(samples, artifact, request.is_disconnected, method.value)
             reconstructed = time.perf_counter()
             packaged = await cpu_bound(package, results, header, format.value, work_dir / "out")
             finished = time.perf_counter()
@@ -496,7 +507,8 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
             header, samples = await cpu_bound(ingest, spool.input_path(job), params.get("group", "dataset"))
             while True:
                 try:
-                    results = await reconstruct(samples, params.get("artifact"))
+                    results = await reconstruct(samples, params.get("artifact"),
+                                                method=params.get("method", "auto"))
                     break
                 except ApiError as error:  # accepted work waits for room in the queue instead of failing
                     if error.code != "queue_full":

@@ -1,8 +1,9 @@
 """Artifacts the runtime can serve: discovered in directories, hash-verified, chosen per sample.
 
 An artifact is chosen for a sample by its manifest's task and acceptance constraints (trajectory, coils,
-matrix, acceleration); ``choose`` returns None when nothing fits, and the caller falls back to the classical
-reconstruction and says so.
+matrix, acceleration) and, for automatic choice, by its validation envelope (the cells of matrix, coils,
+acceleration and noise level where it beat the best classical method on held-out data); ``choose`` returns None
+when nothing fits, and the caller falls back to the classical reconstruction and says why.
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ def _acceleration(sample: KSpaceSample) -> float:
     return float(max(sample.acceleration))
 
 
-def mismatch(artifact: Artifact, sample: KSpaceSample) -> str | None:
-    """Why ``artifact`` cannot reconstruct ``sample`` (None when it can)."""
+def mismatch(artifact: Artifact, sample: KSpaceSample, envelope: bool = False) -> str | None:
+    """Why ``artifact`` cannot reconstruct ``sample`` (None when it can); with ``envelope``, also why it is not
+    served automatically (outside the cells where it was validated to beat the best classical method)."""
+    from models.data.envelope import envelope_refusal
     from models.data.prepare import task_of
 
     manifest = artifact.manifest
@@ -79,11 +82,12 @@ def mismatch(artifact: Artifact, sample: KSpaceSample) -> str | None:
         bounds = constraints[key]
         if not bounds["min"] <= value <= bounds["max"] + 1e-6:
             return f"{key} {value:g} outside [{bounds['min']}, {bounds['max']}]"
-    return None
+    return envelope_refusal(manifest, sample) if envelope else None
 
 
 def choose(artifacts: list[Artifact], sample: KSpaceSample, name: str | None = None) -> Artifact | None:
-    """The artifact named ``name`` (ValueError if unknown or unfit), else the first that fits, else None."""
+    """The artifact named ``name`` (ValueError if unknown or unfit; its envelope is not applied: the caller
+    asked for it), else the first whose validation envelope serves ``sample``, else None."""
     if name is not None:
         named = [a for a in artifacts if name in (a.name, a.label)]
         if not named:
@@ -93,4 +97,4 @@ def choose(artifacts: list[Artifact], sample: KSpaceSample, name: str | None = N
         if reason is not None:
             raise ValueError(f"artifact {named[-1].label} does not fit this data: {reason}")
         return named[-1]
-    return next((a for a in artifacts if mismatch(a, sample) is None), None)
+    return next((a for a in artifacts if mismatch(a, sample, envelope=True) is None), None)

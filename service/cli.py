@@ -38,6 +38,11 @@ COMMANDS: dict[str, Command] = {
                         "compare a trained model with the classical baselines on a data set"),
     "export": Command("models.export.cli", "add_export_arguments", "run_export",
                       "export a checkpoint as an artifact (TorchScript + ONNX + manifest)"),
+    "validate": Command("models.export.cli", "add_validate_arguments", "run_validate",
+                        "validate an artifact against the classical methods on a held-out grid (its envelope)",
+                        "Simulate held-out data on a grid of matrix, coils, acceleration and noise, reconstruct it "
+                        "with the artifact and every classical method, and store where the artifact wins in its "
+                        "manifest: the runtime serves it automatically only there."),
     "models": Command("service.registry_cli", "add_models_arguments", "run_models",
                       "list the artifacts the registry sees"),
     "serve": Command("service.serve", "add_serve_arguments", "run_serve",

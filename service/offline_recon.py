@@ -16,12 +16,13 @@ import h5py
 import numpy as np
 import torch
 
-from models.data.baseline import classical_reconstruction
+from models.data.baseline import METHODS, classical_reconstruction
 from models.data.fastmri import read_fastmri
 from models.data.ismrmrd_io import read_ismrmrd
 from models.data.prepare import collate, output_to_image, prepare_sample
 from models.data.sample import KSpaceSample
-from service.artifacts import Artifact, choose, load_artifacts
+from service.artifacts import Artifact, load_artifacts
+from service.engine.plan import CLASSICAL, plan_sample
 from service.engine.result import ReconResult
 from service.outputs.dicom import write_dicom_series
 from service.outputs.ismrmrd_images import write_ismrmrd_images
@@ -30,7 +31,6 @@ from service.outputs.package import write_pngs
 from service.runners import RUNNER_KINDS, Runner, load_runner, resolve_device
 
 FORMATS = ("png", "dicom", "nifti", "ismrmrd")
-CLASSICAL = "classical"
 
 
 def add_recon_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +44,10 @@ def add_recon_arguments(parser: argparse.ArgumentParser) -> None:
                         help="artifact directory to search (repeatable; default: the bundled artifacts)")
     parser.add_argument("--runner", choices=RUNNER_KINDS, default="auto",
                         help="how to run artifacts (default: auto = TorchScript, the faster one on CPU)")
-    parser.add_argument("--method", choices=("auto", "rss", "adjoint", "cg-sense"), default="auto",
-                        help="classical method when the classical baseline is used (default: auto per task)")
+    parser.add_argument("--method", choices=METHODS, default="auto",
+                        help="classical method wherever the classical path is used (artifact 'classical', or no "
+                             "artifact validated for the data); auto: l1-wavelet for accelerated 2D data, coil "
+                             "combination when fully sampled (default)")
     parser.add_argument("--trajectory-units", choices=("radians", "cycles", "fov"), default=None,
                         help="override the trajectory units read from the file (non-Cartesian data)")
     parser.add_argument("--device", default="cpu", help="torch device: auto, cpu, cuda, cuda:0 ...")
@@ -93,7 +95,7 @@ class OfflineReconstructor:
         return self._reconstruct_with(sample, self._choose(sample))
 
     def _choose(self, sample: KSpaceSample) -> Artifact | None:
-        return None if self.requested == CLASSICAL else choose(self.artifacts, sample, self.requested)
+        return plan_sample(self.artifacts, sample, self.requested).artifact
 
     def _reconstruct_with(self, sample: KSpaceSample, artifact: Artifact | None) -> tuple[torch.Tensor, str]:
         if artifact is None:
@@ -107,14 +109,12 @@ class OfflineReconstructor:
 
     def reconstruct_result(self, sample: KSpaceSample) -> ReconResult:
         """``reconstruct`` as a ``ReconResult`` (what the output writers take), saying why a fallback was used."""
-        artifact = self._choose(sample)
-        image, label = self._reconstruct_with(sample, artifact)
+        plan = plan_sample(self.artifacts, sample, self.requested)
+        image, label = self._reconstruct_with(sample, plan.artifact)
         array = image.detach().cpu().numpy().astype(np.float32)
-        if artifact is not None:
-            return ReconResult(array, sample, label, artifact=artifact.name, version=artifact.version)
-        reason = ("classical requested" if self.requested == CLASSICAL
-                  else "no artifacts loaded" if not self.artifacts else "no artifact fits this data")
-        return ReconResult(array, sample, f"classical:{label}", fallback_reason=reason)
+        if plan.artifact is not None:
+            return ReconResult(array, sample, label, artifact=plan.artifact.name, version=plan.artifact.version)
+        return ReconResult(array, sample, f"classical:{label}", fallback_reason=plan.fallback_reason)
 
 
 def write_outputs(results: list[ReconResult], header: Any, fmt: str, out_dir: Path) -> list[Path]:

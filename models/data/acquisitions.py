@@ -261,6 +261,11 @@ class AcquisitionAssembler:
                              f"center {center})")
         return row
 
+    @property
+    def last_whitening(self) -> torch.Tensor | None:
+        """The prewhitening matrix ``[C, C]`` applied to the latest image (None when none was)."""
+        return self._whitening
+
     def _whitening_matrix(self, dwell_us: float) -> torch.Tensor | None:
         if not self.prewhiten:
             return None

@@ -123,6 +123,18 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "properties": {
                 "model": {"anyOf": [_METRICS, {"type": "object", "maxProperties": 0}]},
                 "baselines": {"type": "object", "additionalProperties": _METRICS},
+                "envelope": {
+                    "type": "object",
+                    "required": ["reference", "rule", "axes", "cells"],
+                    "properties": {
+                        "axes": {"type": "object", "required": ["matrix", "coils", "acceleration", "noise"]},
+                        "cells": {"type": "array", "items": {
+                            "type": "object",
+                            "required": ["matrix", "coils", "acceleration", "noise", "psnr", "ssim", "classical",
+                                         "serve"],
+                            "properties": {"serve": {"type": "boolean"}}}},
+                    },
+                },
             },
         },
         "equivalence": {

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from scipy.ndimage import uniform_filter
 
-__all__ = ["nmse", "psnr", "ssim"]
+__all__ = ["fitted_scores", "nmse", "psnr", "scale_fit", "ssim"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -92,3 +92,17 @@ def ssim(gt: ArrayLike, pred: ArrayLike, maxval: float | None = None, win_size: 
         gt_array, pred_array = gt_array[None], pred_array[None]
     values = [_ssim_2d(g, p, data_range, win_size, k1, k2) for g, p in zip(gt_array, pred_array, strict=True)]
     return float(np.mean(values))
+
+
+def scale_fit(gt: ArrayLike, pred: ArrayLike) -> np.ndarray:
+    """``pred`` times the least-squares scalar that brings it closest to ``gt`` (reconstructions whose intensity
+    scale is not calibrated, e.g. after prewhitening, compare on structure, not on units)."""
+    gt_array, pred_array = _pair(gt, pred)
+    denominator = float((pred_array * pred_array).sum())
+    return pred_array * (float((gt_array * pred_array).sum()) / denominator if denominator > 0 else 1.0)
+
+
+def fitted_scores(gt: ArrayLike, pred: ArrayLike) -> tuple[float, float, float]:
+    """(PSNR, SSIM, NMSE) of the scale-fitted ``pred`` against ``gt``."""
+    fitted = scale_fit(gt, pred)
+    return psnr(gt, fitted), ssim(gt, fitted), nmse(gt, fitted)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from models.data.baseline import center_crop
+from models.data.baseline import MIN_CALIBRATION_LINES, calibration_lines, center_crop
 from models.data.sample import KSpaceSample
 from models.physics.density import normalise_density, pipe_menon_density
 from models.physics.prepare_cartesian import prepare_cartesian
@@ -129,10 +129,12 @@ def _cartesian_sense(sample: KSpaceSample, params: dict[str, Any],
         raise ValueError(f"sample kspace must be [C, ky, kx] on its matrix {sample.matrix}, got "
                          f"{tuple(kspace.shape)}")
     mask = sample.mask if sample.mask is not None else (kspace.abs().sum(0, keepdim=True) > 0)
-    acs = sample.acs_mask
-    if sample.n_coils > 1 and (acs is None or not bool(acs.any())):
-        raise ValueError(f"cartesian-sense needs calibration (ACS) lines to estimate sensitivities "
-                         f"({params['sensitivities']!r}) for {sample.n_coils}-coil data; the sample has none")
+    lines = calibration_lines(sample)  # ACS flags, else the fully sampled centre (all of k-space at R = 1)
+    if sample.n_coils > 1 and lines is None:
+        raise ValueError(f"cartesian-sense needs calibration lines to estimate sensitivities "
+                         f"({params['sensitivities']!r}) for {sample.n_coils}-coil data: flag ACS lines or acquire "
+                         f"at least {MIN_CALIBRATION_LINES} contiguous lines at the centre of k-space")
+    acs = None if lines is None else lines[:, None]
     prepared = prepare_cartesian(kspace.to(device), mask.to(device), None if acs is None else acs.to(device),
                                  sensitivities=params["sensitivities"], device=device)
     tensors = prepared.to_network_inputs(with_smaps=bool(params["with_smaps"]))

@@ -23,7 +23,7 @@ SCHEDULERS = ("none", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 # data.generator keys: SyntheticDataset's simulation parameters, or the retrospective mask of file datasets.
 SYNTHETIC_GENERATOR_KEYS = ("matrix", "coils", "acceleration", "trajectory", "mask_type", "center_fraction",
-                            "noise_level")
+                            "noise_level", "ismrmrd_path")
 FILE_GENERATOR_KEYS = ("mask_type", "center_fractions", "accelerations")
 
 
@@ -87,6 +87,9 @@ class LoopConfig:
     device: str = "auto"  # auto | cpu | cuda
     num_workers: int = 0  # DataLoader worker processes
     deterministic: bool = True  # torch.use_deterministic_algorithms(warn_only) and cudnn deterministic
+    # fine-tune: start from these weights (a checkpoint .pt or an artifact directory's model.ts); parameters of
+    # the same name and shape are copied, the rest keep their fresh initialisation
+    init_from: str | None = None
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,9 @@ def _index_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
+Choice = int | float | str | Sequence[Any]
+
+
 class SyntheticDataset(Dataset):
     """Simulated acquisitions generated deterministically per (seed, index) with ``models.data.simulate``.
 
@@ -164,13 +168,20 @@ class SyntheticDataset(Dataset):
     trajectory for the whole dataset (its density and Toeplitz kernel are computed once and cached) and draw
     new phantoms, coils and noise. ``matrix`` is N (N x N; N^3 for noncartesian3d) or a tuple; single-coil
     tasks force ``coils`` = 1. ``preparation``/``params`` default to the task's preparation and its defaults.
+
+    Varied data (Cartesian): a list for ``matrix`` (three or more sizes N; two are (y, x)), ``coils`` or
+    ``mask_type`` draws one entry per example; a ``[low, high]`` pair for ``acceleration`` or
+    ``center_fraction`` draws uniformly and for ``noise_level`` log-uniformly. With ``ismrmrd_path`` each
+    example is written as an ISMRMRD file with a noise scan (correlated coil noise) and 2x readout oversampling
+    and read back through the serving reader (prewhitening, oversampling removal), so training sees exactly
+    what a scanner file gives the runtime.
     """
 
-    def __init__(self, task: str, n_examples: int, matrix: int | Sequence[int] = 64, coils: int = 8,
-                 acceleration: float = 4.0, trajectory: str | None = None,
-                 mask_type: str = "equispaced_fraction", center_fraction: float = 0.08,
-                 noise_level: float = 0.01, seed: int = 0, preparation: str | None = None,
-                 params: dict[str, Any] | None = None) -> None:
+    def __init__(self, task: str, n_examples: int, matrix: Choice = 64, coils: Choice = 8,
+                 acceleration: Choice = 4.0, trajectory: str | None = None,
+                 mask_type: Choice = "equispaced_fraction", center_fraction: Choice = 0.08,
+                 noise_level: Choice = 0.01, seed: int = 0, preparation: str | None = None,
+                 params: dict[str, Any] | None = None, ismrmrd_path: bool = False) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
         allowed = SYNTHETIC_TRAJECTORIES[task]
@@ -179,22 +190,36 @@ class SyntheticDataset(Dataset):
             raise ValueError(f"trajectory {trajectory!r} does not fit task {task!r}; use {', '.join(allowed)}")
         if int(n_examples) != n_examples or n_examples < 1:
             raise ValueError(f"n_examples must be a positive integer, got {n_examples}")
-        if mask_type not in MASK_TYPES:
-            raise ValueError(f"mask_type must be one of {', '.join(MASK_TYPES)}, got {mask_type!r}")
-        if int(coils) != coils or coils < 1:
-            raise ValueError(f"coils must be a positive integer, got {coils}")
         self.task = task
         self.n_examples = int(n_examples)
-        dims = 3 if task == "noncartesian3d" else 2
-        self.matrix = (int(matrix),) * dims if isinstance(matrix, int | np.integer) else tuple(int(n) for n in matrix)
-        if len(self.matrix) != dims:
-            raise ValueError(f"matrix must have {dims} sizes for task {task!r}, got {matrix}")
-        self.coils = 1 if task.endswith("singlecoil") else int(coils)
-        self.acceleration = float(acceleration)
         self.trajectory = trajectory
-        self.mask_type = mask_type
-        self.center_fraction = float(center_fraction)
-        self.noise_level = float(noise_level)
+        varied = trajectory == "cartesian"
+        dims = 3 if task == "noncartesian3d" else 2
+        if isinstance(matrix, int | np.integer):
+            self.matrices = [(int(matrix),) * dims]
+        elif varied and all(isinstance(n, int | np.integer) for n in matrix) and len(matrix) != dims:
+            self.matrices = [(int(n),) * dims for n in matrix]
+        elif all(isinstance(n, int | np.integer) for n in matrix) and len(matrix) == dims:
+            self.matrices = [tuple(int(n) for n in matrix)]
+        else:
+            raise ValueError(f"matrix must be N, {dims} sizes, or (Cartesian) a list of sizes N; got {matrix}")
+        self.matrix = self.matrices[0]
+        self.coil_choices = [1] if task.endswith("singlecoil") else _choices(coils, "coils", varied, positive=True)
+        self.coils = self.coil_choices[0]
+        self.mask_types = [str(m) for m in _choices(mask_type, "mask_type", varied)]
+        for kind in self.mask_types:
+            if kind not in MASK_TYPES:
+                raise ValueError(f"mask_type must be one of {', '.join(MASK_TYPES)}, got {kind!r}")
+        self.mask_type = self.mask_types[0]
+        self.acceleration_range = _range(acceleration, "acceleration", varied)
+        self.center_fraction_range = _range(center_fraction, "center_fraction", varied)
+        self.noise_range = _range(noise_level, "noise_level", varied)
+        self.acceleration = self.acceleration_range[0]
+        self.center_fraction = self.center_fraction_range[0]
+        self.noise_level = self.noise_range[0]
+        if ismrmrd_path and not varied:
+            raise ValueError("ismrmrd_path is implemented for Cartesian tasks")
+        self.ismrmrd_path = bool(ismrmrd_path)
         self.seed = int(seed)
         self.preparation = preparation or default_preparation(task)
         if self.preparation not in PREPARATIONS or task not in PREPARATIONS[self.preparation].tasks:
@@ -204,34 +229,102 @@ class SyntheticDataset(Dataset):
     def __len__(self) -> int:
         return self.n_examples
 
-    def simulate(self, index: int) -> Simulation:
-        """The simulation behind example ``index`` (one slice or volume)."""
+    def draw(self, index: int) -> dict[str, Any]:
+        """The simulation parameters of example ``index`` (a pure function of (seed, index))."""
         if not 0 <= index < self.n_examples:
             raise IndexError(f"index {index} out of range for {self.n_examples} examples")
         seed = _index_seed(self.seed, index)
+        rng = np.random.default_rng(seed)
+        low, high = self.noise_range
+        noise = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if low > 0 and high > low else low
+        return {"matrix": self.matrices[int(rng.integers(len(self.matrices)))],
+                "coils": int(self.coil_choices[int(rng.integers(len(self.coil_choices)))]),
+                "mask_type": self.mask_types[int(rng.integers(len(self.mask_types)))],
+                "acceleration": float(rng.uniform(*self.acceleration_range)),
+                "center_fraction": float(rng.uniform(*self.center_fraction_range)),
+                "noise_level": noise, "seed": seed}
+
+    def simulate(self, index: int) -> Simulation:
+        """The simulation behind example ``index`` (one slice or volume)."""
+        drawn = self.draw(index)
         if self.trajectory == "cartesian":
-            return simulate_cartesian(self.matrix, self.coils, self.acceleration, self.center_fraction,
-                                      self.mask_type, n_slices=1, noise_level=self.noise_level,
-                                      readout_oversampling=1, with_noise_scan=False, seed=seed)
-        return simulate_noncartesian(self.trajectory, self.matrix, self.coils, self.acceleration,
-                                     noise_level=self.noise_level, with_noise_scan=False, seed=seed)
+            return simulate_cartesian(drawn["matrix"], drawn["coils"], drawn["acceleration"],
+                                      drawn["center_fraction"], drawn["mask_type"], n_slices=1,
+                                      noise_level=drawn["noise_level"],
+                                      readout_oversampling=2 if self.ismrmrd_path else 1,
+                                      with_noise_scan=self.ismrmrd_path, seed=drawn["seed"],
+                                      noise_correlation=0.3 if self.ismrmrd_path else 0.2)
+        return simulate_noncartesian(self.trajectory, drawn["matrix"], drawn["coils"], drawn["acceleration"],
+                                     noise_level=drawn["noise_level"], with_noise_scan=False, seed=drawn["seed"])
+
+    def _sample_and_target(self, sim: Simulation) -> tuple[KSpaceSample, torch.Tensor]:
+        """The sample as the runtime sees it and its ground-truth magnitude in the same (prewhitened) units:
+        the RSS of the noiseless coil images after the reader's whitening matrix."""
+        if not self.ismrmrd_path:
+            return sample_from_simulation(sim, 0), sim.ground_truth[0].abs()
+        from models.data.acquisitions import AcquisitionAssembler
+        from models.data.ismrmrd_io import read_acquisitions
+        from models.data.simulate import write_simulation
+
+        with tempfile.TemporaryDirectory(prefix="mrdserve-train-") as tmp:
+            path = Path(tmp) / "example.h5"
+            write_simulation(path, sim)
+            xml, acquisitions = read_acquisitions(path)
+        assembler = AcquisitionAssembler(xml)
+        samples = [s for acq in acquisitions for s in assembler.add(acq)] + assembler.finish()
+        coil_images = sim.smaps.to(torch.complex128) * sim.ground_truth[0].to(torch.complex128)
+        whitening = assembler.last_whitening
+        if whitening is not None:
+            coil_images = torch.einsum("dc,c...->d...", whitening.to(torch.complex128), coil_images)
+        return samples[0], rss(coil_images, dim=0).to(torch.float32)
 
     def sample(self, index: int) -> KSpaceSample:
         """The undersampled k-space sample behind example ``index`` (what baselines reconstruct)."""
-        return sample_from_simulation(self.simulate(index), 0)
+        return self._sample_and_target(self.simulate(index))[0]
+
+    def target(self, index: int) -> torch.Tensor:
+        """The ground-truth magnitude of example ``index`` in the units of ``sample(index)``."""
+        return self._sample_and_target(self.simulate(index))[1]
 
     def __getitem__(self, index: int) -> TrainingExample:
-        sim = self.simulate(index)
+        sample, magnitude = self._sample_and_target(self.simulate(index))
         meta = {"source": "synthetic", "task": self.task, "index": int(index), "slice": 0}
-        return _example(sample_from_simulation(sim, 0), sim.ground_truth[0], self.preparation, self.params, meta)
+        return _example(sample, magnitude, self.preparation, self.params, meta)
 
     def describe(self) -> dict[str, Any]:
         """The parameters that determine every example (hashed by ``data_version``)."""
-        return {"kind": "synthetic", "task": self.task, "n_examples": self.n_examples, "matrix": list(self.matrix),
-                "coils": self.coils, "acceleration": self.acceleration, "trajectory": self.trajectory,
-                "mask_type": self.mask_type, "center_fraction": self.center_fraction,
-                "noise_level": self.noise_level, "seed": self.seed, "preparation": self.preparation,
-                "params": self.params}
+        described = {"kind": "synthetic", "task": self.task, "n_examples": self.n_examples,
+                     "matrix": list(self.matrix), "coils": self.coils, "acceleration": self.acceleration,
+                     "trajectory": self.trajectory, "mask_type": self.mask_type,
+                     "center_fraction": self.center_fraction, "noise_level": self.noise_level, "seed": self.seed,
+                     "preparation": self.preparation, "params": self.params}
+        if (len(self.matrices) > 1 or len(self.coil_choices) > 1 or len(self.mask_types) > 1 or self.ismrmrd_path
+                or any(lo != hi for lo, hi in (self.acceleration_range, self.center_fraction_range,
+                                               self.noise_range))):
+            described.update(matrices=[list(m) for m in self.matrices], coil_choices=self.coil_choices,
+                             mask_types=self.mask_types, acceleration_range=list(self.acceleration_range),
+                             center_fraction_range=list(self.center_fraction_range),
+                             noise_range=list(self.noise_range), ismrmrd_path=self.ismrmrd_path)
+        return described
+
+
+def _choices(value: Choice, name: str, varied: bool, positive: bool = False) -> list[Any]:
+    """A scalar as a one-entry list, or (varied data only) a non-empty list of choices."""
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    if not values or (len(values) > 1 and not varied):
+        raise ValueError(f"{name}: a list of choices is supported for Cartesian tasks only, got {value!r}")
+    if positive and any(int(v) != v or v < 1 for v in values):
+        raise ValueError(f"{name} must be positive integers, got {value!r}")
+    return [int(v) for v in values] if positive else values
+
+
+def _range(value: Choice, name: str, varied: bool) -> tuple[float, float]:
+    """A scalar as (v, v), or (varied data only) a ``[low, high]`` pair with low <= high."""
+    if isinstance(value, list | tuple):
+        if len(value) != 2 or not varied or float(value[0]) > float(value[1]):
+            raise ValueError(f"{name} must be a number or (Cartesian) a [low, high] pair, got {value!r}")
+        return float(value[0]), float(value[1])
+    return float(value), float(value)
 
 
 def _h5_files(directory: str | Path, what: str) -> list[Path]:

@@ -25,10 +25,10 @@ from models.data import metrics as metric_functions
 from models.data.baseline import classical_reconstruction
 from models.data.prepare import output_to_image
 from models.data.sample import KSpaceSample
-from models.training.datasets import SyntheticDataset, TrainingExample, collate_examples, sample_from_simulation
+from models.training.datasets import SyntheticDataset, TrainingExample, collate_examples
 
 # Classical baselines by report name -> classical_reconstruction method ("rss" is the Cartesian adjoint).
-BASELINES = {"zero-filled": "adjoint", "cg-sense": "cg-sense"}
+BASELINES = {"zero-filled": "adjoint", "cg-sense": "cg-sense", "l1-wavelet": "l1-wavelet"}
 METRICS = ("psnr", "ssim", "nmse")
 
 
@@ -67,7 +67,7 @@ def sample_of(dataset: Dataset, index: int) -> KSpaceSample | None:
     if hasattr(base, "sample"):
         return base.sample(position)
     if isinstance(base, SyntheticDataset):
-        return sample_from_simulation(base.simulate(position), 0)
+        return base.sample(position)
     return _file_sample(base, position)
 
 

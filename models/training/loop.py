@@ -326,6 +326,25 @@ def _rng_neutral() -> Iterator[None]:
         ckpt.restore_rng(state)
 
 
+def initialise_from(model: nn.Module, source: Path) -> int:
+    """Copy the parameters of the same name and shape from a checkpoint or an artifact's TorchScript model."""
+    if source.is_dir():
+        source = source / "model.ts"
+    if not source.is_file():
+        raise ValueError(f"loop.init_from: {source} not found (a checkpoint .pt or an artifact directory)")
+    if source.suffix == ".ts":
+        state = torch.jit.load(str(source), map_location="cpu").state_dict()
+    else:
+        state = ckpt.load_checkpoint(source, map_location="cpu")["model_state"]
+    own = model.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if not matching:
+        raise ValueError(f"loop.init_from: no parameter of {source} matches the network {type(model).__name__}")
+    own.update(matching)
+    model.load_state_dict(own)
+    return len(matching)
+
+
 def _check_compatible(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
     current = config_to_dict(config)
     for key in ("task", "network", "preparation", "data", "seed", "loss"):
@@ -349,6 +368,9 @@ def train(config: TrainConfig, resume: bool = True) -> TrainResult:
         train_set, val_set = CachedDataset(train_set), CachedDataset(val_set)
 
     model = build_network(config.network.name, **config.network.kwargs).to(device)
+    if config.loop.init_from:
+        copied = initialise_from(model, Path(config.loop.init_from))
+        log.info("initialised %d parameter tensors from %s", copied, config.loop.init_from)
     if config.loop.grad_checkpointing:
         enable_gradient_checkpointing(model)
     optimizer = build_optimizer(config, model.parameters())

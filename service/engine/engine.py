@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.data.baseline import classical_reconstruction
+from models.data.baseline import check_method, classical_reconstruction
 from models.data.prepare import PreparedSample, collate, output_to_image, prepare_sample
 from models.data.sample import KSpaceSample
 from service.artifacts import Artifact, load_artifacts
@@ -136,18 +136,21 @@ class Engine:
         return plan_sample(self.artifacts, sample, artifact)
 
     async def reconstruct(self, samples: Sequence[KSpaceSample], artifact: str | None = None,
-                          request_id: str = "", timeout_s: float | None = None) -> list[ReconResult]:
+                          request_id: str = "", timeout_s: float | None = None,
+                          method: str = "auto") -> list[ReconResult]:
         """Reconstruct ``samples`` concurrently (batched with other requests); results in input order.
+        ``method`` is the classical method (``models.data.baseline.METHODS``) wherever the classical path is used.
 
         Raises ValueError (unknown or unfit artifact, data the preparation rejects), QueueFullError (back-pressure,
         503), TimeoutError (after ``timeout_s``, default ``config.request_timeout_s``) and ReconstructionError.
         """
         if not self.ready:
             raise ShuttingDownError("the engine is not ready (loading artifacts or shutting down)", 5.0)
+        check_method(method)
         plans = [self.plan(sample, artifact) for sample in samples]  # unknown names fail before any work
         timeout = self.config.request_timeout_s if timeout_s is None else timeout_s
-        tasks = [asyncio.ensure_future(self._reconstruct_one(s, p, request_id)) for s, p in zip(samples, plans,
-                                                                                                 strict=True)]
+        tasks = [asyncio.ensure_future(self._reconstruct_one(s, p, request_id, method))
+                 for s, p in zip(samples, plans, strict=True)]
         try:
             async with asyncio.timeout(timeout):
                 return list(await asyncio.gather(*tasks))
@@ -157,11 +160,12 @@ class Engine:
             for task in tasks:  # one failing (or the caller going away) cancels the rest of the request
                 task.cancel()
 
-    async def _reconstruct_one(self, sample: KSpaceSample, plan: Plan, request_id: str) -> ReconResult:
+    async def _reconstruct_one(self, sample: KSpaceSample, plan: Plan, request_id: str,
+                               method: str = "auto") -> ReconResult:
         loop = asyncio.get_running_loop()
         if plan.artifact is None:
             started = time.perf_counter()
-            result = await loop.run_in_executor(self._pool, self._classical, sample, plan.fallback_reason)
+            result = await loop.run_in_executor(self._pool, self._classical, sample, plan.fallback_reason, method)
             self.metrics.observe_stage("inference", time.perf_counter() - started)
             result.timings["inference"] = time.perf_counter() - started
             return result
@@ -184,9 +188,9 @@ class Engine:
         preparation = artifact.manifest["preparation"]
         return prepare_sample(sample, preparation["name"], preparation["params"])
 
-    def _classical(self, sample: KSpaceSample, reason: str | None) -> ReconResult:
+    def _classical(self, sample: KSpaceSample, reason: str | None, method: str = "auto") -> ReconResult:
         try:
-            made = classical_reconstruction(sample, device=self.device)
+            made = classical_reconstruction(sample, method=method, device=self.device)
         except ValueError:
             raise
         except Exception as error:
@@ -213,17 +217,18 @@ class Engine:
     # -- offline -----------------------------------------------------------------------------------------------
 
     def reconstruct_sync(self, samples: Sequence[KSpaceSample], artifact: str | None = None,
-                         request_id: str = "") -> list[ReconResult]:
+                         request_id: str = "", method: str = "auto") -> list[ReconResult]:
         """Reconstruct without an event loop (``mrdserve recon``, benchmarks): compatible samples run in batches
         of ``max_batch``; the same plan, preparation and runners as ``reconstruct``."""
         self.load()
+        check_method(method)
         plans = [self.plan(sample, artifact) for sample in samples]
         results: list[ReconResult | None] = [None] * len(samples)
         groups: dict[tuple[str, Any], list[tuple[int, PreparedSample, float]]] = {}
         for i, (sample, plan) in enumerate(zip(samples, plans, strict=True)):
             started = time.perf_counter()
             if plan.artifact is None:
-                results[i] = self._classical(sample, plan.fallback_reason)
+                results[i] = self._classical(sample, plan.fallback_reason, method)
                 results[i].timings["inference"] = time.perf_counter() - started  # type: ignore[union-attr]
                 continue
             prepared = self._prepare(plan.artifact, sample)

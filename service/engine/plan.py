@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from models.data.baseline import METHODS
 from models.data.prepare import PreparedSample
 from models.data.sample import KSpaceSample
 from models.data.simulate import simulate_cartesian, simulate_noncartesian
@@ -18,6 +19,7 @@ from models.physics.nufft import trajectory_hash
 from service.artifacts import Artifact, choose, mismatch
 
 CLASSICAL = "classical"
+CLASSICAL_METHODS = METHODS  # the classical methods a request may name (models.data.baseline)
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ def plan_sample(artifacts: list[Artifact], sample: KSpaceSample, requested: str 
         return Plan(chosen)
     if not artifacts:
         return Plan(None, "no artifacts are loaded")
-    reasons = "; ".join(f"{a.label}: {mismatch(a, sample)}" for a in artifacts)
+    reasons = "; ".join(f"{a.label}: {mismatch(a, sample, envelope=True)}" for a in artifacts)
     return Plan(None, f"no artifact fits this data ({reasons})")
 
 

@@ -5,7 +5,8 @@ pick the reconstruction. Ours:
 
 - ``default`` (also ``auto``): the engine's plan chooses per slice from the header and data (artifact by its
   constraints, else the classical fallback with its reason);
-- ``classical``: the classical baseline of the task, never a network;
+- ``classical``: the classical baseline of the task, never a network; a classical method name (``rss``,
+  ``adjoint``, ``cg-sense``, ``grappa``, ``l1-wavelet``) is ``classical`` with that method;
 - a task name: ``cartesian`` (XPDNet-style artifacts, task ``cartesian2d-multicoil``), ``noncartesian``
   (NC-PDNet, ``noncartesian2d-multicoil`` and ``noncartesian3d``), or a task id itself: the first artifact of
   that task that fits each slice, else the classical fallback;
@@ -19,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from models.data.baseline import METHODS
 from service.artifacts import Artifact
 
 AUTOMATIC = ("default", "auto")
@@ -27,6 +29,9 @@ TASK_CONFIGS: dict[str, tuple[str, ...]] = {
     "cartesian": ("cartesian2d-multicoil",),
     "noncartesian": ("noncartesian2d-multicoil", "noncartesian3d"),
 }
+
+
+CLASSICAL_METHOD_CONFIGS = tuple(m for m in METHODS if m != "auto")
 
 
 class UnknownConfigError(ValueError):
@@ -41,6 +46,7 @@ class ConfigChoice:
     mode: str
     artifact: str | None = None  # the artifact label when mode is "artifact"
     tasks: tuple[str, ...] = ()  # the tasks allowed when mode is "task"
+    method: str | None = None  # the classical method a method-named config asks for
 
     def describe(self) -> str:
         if self.mode == "artifact":
@@ -48,7 +54,7 @@ class ConfigChoice:
         if self.mode == "task":
             return f"config {self.name!r}: first fitting artifact of task {', '.join(self.tasks)}"
         if self.mode == CLASSICAL:
-            return f"config {self.name!r}: classical reconstruction"
+            return f"config {self.name!r}: classical reconstruction ({self.method or 'auto'})"
         return f"config {self.name!r}: automatic choice from the header and data"
 
 
@@ -63,7 +69,8 @@ def normalise(name: str) -> str:
 def known_configs(artifacts: Sequence[Artifact]) -> list[str]:
     """Every name ``resolve`` accepts, for error messages and ``--help``."""
     tasks = sorted({a.manifest["task"] for a in artifacts})
-    return [*AUTOMATIC, CLASSICAL, *TASK_CONFIGS, *tasks, *sorted({a.name for a in artifacts}),
+    return [*AUTOMATIC, CLASSICAL, *CLASSICAL_METHOD_CONFIGS, *TASK_CONFIGS, *tasks,
+            *sorted({a.name for a in artifacts}),
             *sorted(a.label for a in artifacts)]
 
 
@@ -74,6 +81,8 @@ def resolve(name: str, artifacts: Sequence[Artifact]) -> ConfigChoice:
         return ConfigChoice(key, "automatic")
     if key == CLASSICAL:
         return ConfigChoice(key, CLASSICAL)
+    if key in CLASSICAL_METHOD_CONFIGS:
+        return ConfigChoice(key, CLASSICAL, method=key)
     if key in TASK_CONFIGS:
         return ConfigChoice(key, "task", tasks=TASK_CONFIGS[key])
     if key in {a.manifest["task"] for a in artifacts}:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.data.acquisitions import AcquisitionAssembler
+from models.data.baseline import METHODS
 from models.data.ismrmrd_header import parse_header
 from models.data.sample import KSpaceSample
 from service.artifacts import choose
@@ -60,6 +61,7 @@ class StreamParameters:
 
     config: str | None = None  # replaces the config name (python-ismrmrd-server's parameters.config)
     artifact: str | None = None  # an artifact name/label or "classical", for every slice
+    method: str = "auto"  # the classical method wherever the classical path is used (models.data.baseline)
     dtype: str = "float32"  # output image data type: float32 or uint16
     series_index: int = 1
     ignored: list[str] = field(default_factory=list)  # keys we do not use, reported back to the client
@@ -90,6 +92,10 @@ def parse_parameters(text: str) -> StreamParameters:
                 params.artifact = value
             else:
                 params.config = value
+        elif key == "method":
+            if value not in METHODS:
+                raise SessionError(f"method: must be one of {', '.join(METHODS)}, got {str(value)[:100]!r}")
+            params.method = value
         elif key in ("dtype", "output_dtype"):
             if value not in IMAGE_DTYPES:
                 raise SessionError(f"{key}: must be one of {', '.join(IMAGE_DTYPES)}, got {value!r}")
@@ -303,6 +309,11 @@ class MrdSession:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    def _method(self) -> str:
+        """The classical method: named by the config (e.g. ``grappa``), else by the JSON parameters."""
+        chosen = self.choice.method if self.choice is not None else None
+        return chosen or self.params.method
+
     def _artifact_for(self, sample: KSpaceSample) -> tuple[str | None, str | None]:
         """(the ``artifact`` argument of ``engine.reconstruct``, a fallback reason to report) for one slice."""
         choice = self.choice
@@ -359,7 +370,8 @@ class MrdSession:
         deadline = time.monotonic() + QUEUE_RETRY_S
         while True:
             try:
-                return await self.engine.reconstruct([sample], artifact=artifact, request_id=self.id)
+                return await self.engine.reconstruct([sample], artifact=artifact, request_id=self.id,
+                                                     method=self._method())
             except ShuttingDownError:
                 raise
             except QueueFullError as error:  # back-pressure: a stream waits rather than losing a slice

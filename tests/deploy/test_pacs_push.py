@@ -133,7 +133,7 @@ class RecordedEngine:
     def models(self) -> list[dict]:
         return []
 
-    async def reconstruct(self, samples, artifact=None, request_id=""):
+    async def reconstruct(self, samples, artifact=None, request_id="", method="auto"):
         assert self.metrics.sample_value("mrdserve_inflight_requests") == 1
         return self.results
 

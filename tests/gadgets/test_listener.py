@@ -135,3 +135,14 @@ def test_silent_peer_times_out_with_error(cartesian):
     thread.join(TIMEOUT_S)
     assert [m.id for m in messages] == [MessageId.ERROR, MessageId.CLOSE]
     assert "no data from Gadgetron for 0.3 s" in messages[0].value
+
+
+def test_fully_sampled_and_two_coil_scans_through_the_listener(listener, engine, tmp_path):
+    """No calibration flags and full sampling, or 2 coils: images, never ERROR, equal to our own ingest."""
+    from models.data.ismrmrd_io import read_acquisitions
+    from tests.scanner_like import fully_sampled_without_flags, two_coil
+
+    for path in (fully_sampled_without_flags(tmp_path / "full.h5"), two_coil(tmp_path / "two.h5")):
+        header, acquisitions = read_acquisitions(path)
+        messages = _exchange(listener, stream_bytes(config_text(), header, acquisitions))
+        assert_images_match(messages, expected_results(engine, header, acquisitions))

@@ -41,7 +41,7 @@ class FakeEngine:
     def models(self) -> list[dict]:
         return [{"name": "fake", "version": "1"}]
 
-    async def reconstruct(self, samples, artifact=None, request_id=""):
+    async def reconstruct(self, samples, artifact=None, request_id="", method="auto"):
         self.calls += 1
         await asyncio.sleep(self.delay_s)
         if self.fail_with is not None:

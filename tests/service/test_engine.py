@@ -115,7 +115,7 @@ def test_no_fitting_artifact_falls_back_to_classical_with_reason(loop, engine):
     single_coil = KSpaceSample(kspace=sim.kspace[0], matrix=sim.matrix, recon_matrix=sim.matrix,
                                trajectory_type="radial", trajectory=sim.trajectory)
     [result] = loop.run_until_complete(engine.reconstruct([single_coil]))
-    assert result.label == "classical:adjoint" and result.artifact is None and not result.is_learned
+    assert result.label == "classical:l1-wavelet" and result.artifact is None and not result.is_learned
     assert "no artifact fits this data" in result.fallback_reason and "singlecoil" in result.fallback_reason
     assert result.image.shape == (32, 32) and np.isfinite(result.image).all()
     [forced] = engine.reconstruct_sync([single_coil], artifact="classical")

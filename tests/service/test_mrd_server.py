@@ -313,7 +313,7 @@ def test_a_slice_that_fails_ends_only_its_stream(server, inputs):
 def test_a_reconstruction_crash_ends_only_its_stream(server, inputs, monkeypatch):
     from service.engine.batcher import ReconstructionError
 
-    def crash(sample, reason):
+    def crash(sample, reason, method="auto"):
         raise ReconstructionError("injected failure")
 
     monkeypatch.setattr(server.engine, "_classical", crash)
@@ -414,3 +414,15 @@ def test_sessions_wait_for_the_engine_then_give_up(server, inputs):
     finally:
         server.call(waiting.stop(grace_s=1))
     assert len(errors(messages)) == 1 and "not ready" in errors(messages)[0]
+
+
+def test_fully_sampled_and_two_coil_streams_reconstruct_as_rest_does(server, rest, tmp_path):
+    """The commonest scan (fully sampled, no calibration flags) and a 2-coil scan are answered over MRD with the
+    REST path's images, never an error."""
+    from tests.scanner_like import fully_sampled_without_flags, two_coil
+
+    for path in (fully_sampled_without_flags(tmp_path / "full.h5", slices=2), two_coil(tmp_path / "two.h5")):
+        result = stream_file(path, HOST, server.port)
+        assert result.closed and not result.errors, result.texts
+        assert_same_pixels(result.images, rest_images(rest, path))
+        assert all(np.isfinite(np.array(image.data)).all() for image in result.images)

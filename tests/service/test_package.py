@@ -62,7 +62,7 @@ def test_recon_cli_writes_each_format(tmp_path, fmt):
     if fmt == "dicom":
         files = [pydicom.dcmread(p) for p in sorted(out.glob("*.dcm"))]
         assert len(files) == 2 and files[0].pixel_array.shape == (32, 32)
-        assert "(fallback: classical requested)" in files[0].ImageComments
+        assert "(fallback: classical reconstruction requested)" in files[0].ImageComments
     elif fmt == "nifti":
         assert nib.load(out / "images.nii.gz").shape == (32, 32, 2)
     elif fmt == "ismrmrd":

@@ -35,12 +35,12 @@ def test_train_then_evaluate_writes_table_csv_and_figures(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "model" in printed and "zero-filled" in printed and "cg-sense" in printed
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert {row["method"] for row in rows} == {"model", "zero-filled", "cg-sense"}
+    assert {row["method"] for row in rows} == {"model", "zero-filled", "cg-sense", "l1-wavelet"}
     assert all(np.isfinite(float(row["psnr"])) for row in rows)
     figures = sorted((out / "figures").glob("*.png"))
     assert len(figures) == 2
     width, height = Image.open(figures[0]).size
-    assert (width, height) == (4 * 32, 2 * 32)  # truth + model + 2 baselines; images over error maps
+    assert (width, height) == (5 * 32, 2 * 32)  # truth + model + 3 baselines; images over error maps
 
 
 def test_config_errors_return_2(tmp_path, capsys):

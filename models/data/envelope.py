@@ -1,0 +1,113 @@
+"""Reading an artifact's validation envelope at serving time: which cell a sample falls in and whether the
+artifact is served there (see ``models.export.envelope`` for how the envelope is made).
+
+The noise axis is measured, not declared: ``relative_noise`` (noise std over the 99th percentile of the
+zero-filled RSS image) is computed the same way at validation and at serving, on prewhitened or raw data alike.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from models.data.baseline import sampled_lines
+from models.data.sample import KSpaceSample
+from models.physics.classical import rss
+from models.physics.fft import ifftnc
+from models.physics.noise_level import kspace_noise_variance, samples_noise_variance
+from models.physics.nufft import NufftOp
+
+
+def relative_noise(sample: KSpaceSample) -> float:
+    """Noise std over the 99th percentile of the zero-filled RSS image (the envelope's noise axis)."""
+    if sample.is_cartesian:
+        lines = sampled_lines(sample)
+        variance = 1.0 if sample.prewhitened else kspace_noise_variance(
+            sample.kspace[:, lines] if lines.dim() == 1 else sample.kspace)
+        image = rss(ifftnc(sample.kspace.unsqueeze(0), sample.n_spatial), dim=1)
+    else:
+        variance = 1.0 if sample.prewhitened else samples_noise_variance(sample.kspace, sample.trajectory)
+        op = NufftOp(sample.trajectory, sample.matrix)
+        image = rss(op.adjoint_coils(sample.kspace.unsqueeze(0)), dim=1)
+    peak = float(torch.quantile(image.reshape(-1).to(torch.float32), 0.99))
+    return math.sqrt(variance) / peak if peak > 0 else 0.0
+
+
+def acceleration_of(sample: KSpaceSample) -> float:
+    """Acquired fraction's inverse for Cartesian data, the declared factor otherwise."""
+    if sample.is_cartesian:
+        lines = sampled_lines(sample)
+        return lines.numel() / max(float(lines.sum()), 1.0)
+    return float(max(sample.acceleration))
+
+
+def bin_edges(values: Sequence[float], geometric: bool) -> list[float]:
+    """Bin edges: midpoints between grid points, outer edges a half step beyond the extremes."""
+    points = sorted(float(v) for v in values)
+    if len(points) == 1:
+        return [points[0] / 1.25, points[0] * 1.25] if geometric else [points[0] * 0.8, points[0] * 1.25]
+    if geometric:
+        mids = [math.sqrt(a * b) for a, b in itertools.pairwise(points)]
+        return [points[0] ** 2 / mids[0], *mids, points[-1] ** 2 / mids[-1]]
+    mids = [(a + b) / 2 for a, b in itertools.pairwise(points)]
+    return [points[0] - (mids[0] - points[0]), *mids, points[-1] + (points[-1] - mids[-1])]
+
+
+def bin_index(edges: Sequence[float], value: float) -> int | None:
+    if not edges[0] <= value <= edges[-1]:
+        return None
+    return min(bisect.bisect_right(list(edges), value) - 1, len(edges) - 2)
+
+
+def _locate(envelope: dict[str, Any], sample: KSpaceSample) -> tuple[dict[str, Any] | None, str | None]:
+    """The cell ``sample`` falls in, or None with the axis it falls outside of."""
+    axes = envelope["axes"]
+    values = {"matrix": float(max(sample.matrix)), "coils": float(sample.n_coils),
+              "acceleration": acceleration_of(sample), "noise": relative_noise(sample)}
+    index = {}
+    for axis, value in values.items():
+        position = bin_index(axes[axis]["edges"], value)
+        if position is None:
+            edges = axes[axis]["edges"]
+            return None, f"{axis} {value:.3g} outside the validated range [{edges[0]:.3g}, {edges[-1]:.3g}]"
+        index[axis] = position
+    for cell in envelope["cells"]:
+        if (axes["matrix"]["points"].index(cell["matrix"]) == index["matrix"]
+                and axes["coils"]["points"].index(cell["coils"]) == index["coils"]
+                and axes["acceleration"]["points"].index(cell["acceleration"]) == index["acceleration"]
+                and cell["noise"] == index["noise"]):
+            return cell, None
+    return None, "no validated cell at this matrix, coil count, acceleration and noise level"
+
+
+def envelope_refusal(manifest: dict[str, Any], sample: KSpaceSample) -> str | None:
+    """Why the artifact is not served automatically for ``sample`` (None when its envelope cell serves it)."""
+    envelope = manifest.get("validation", {}).get("envelope")
+    if not envelope:
+        return "has no validation envelope (name it explicitly to use it anyway)"
+    cell, outside = _locate(envelope, sample)
+    if cell is None:
+        return outside
+    if not cell["serve"]:
+        classical = cell["classical"]
+        return (f"validated below {classical['method']} here ({cell['psnr']:.1f} vs {classical['psnr']:.1f} dB, "
+                f"SSIM {cell['ssim']:.3f} vs {classical['ssim']:.3f}; matrix {cell['matrix']}, {cell['coils']} "
+                f"coils, R {cell['acceleration']:g})")
+    return None
+
+
+def envelope_constraints(constraints: dict[str, Any], envelope: dict[str, Any]) -> dict[str, Any]:
+    """The acceptance constraints narrowed to what the envelope validated."""
+    narrowed = dict(constraints)
+    for key in ("matrix", "coils", "acceleration"):
+        edges = envelope["axes"][key]["edges"]
+        low, high = edges[0], edges[-1]
+        if key in ("matrix", "coils"):
+            low, high = math.ceil(low), math.floor(high)
+        narrowed[key] = {"min": max(constraints[key]["min"], low), "max": min(constraints[key]["max"], high)}
+    return narrowed

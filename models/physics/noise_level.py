@@ -1,0 +1,53 @@
+"""Noise level of measured k-space and the Tikhonov weight it implies.
+
+Prewhitened data have unit noise variance per sample, but data without a noise scan do not, so the level is
+estimated from the data itself: the outer readout samples of the acquired lines carry little signal, and for
+circular complex Gaussian noise |y|^2 is exponential, so its 10th percentile is sigma^2 (-ln 0.9). A low
+percentile keeps the estimate robust to the signal that fine detail and edges still put there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+EDGE_FRACTION = 0.0625  # outer 1/16 of the readout on each side
+QUANTILE = 0.1
+
+
+def _variance_from_power(power: torch.Tensor) -> float:
+    power = power[power > 0]
+    if power.numel() == 0:
+        return 0.0
+    return float(torch.quantile(power.to(torch.float64), QUANTILE)) / -math.log(1.0 - QUANTILE)
+
+
+def kspace_noise_variance(kspace: torch.Tensor) -> float:
+    """Per-sample complex noise variance of Cartesian k-space ``[..., kx]`` from its outer readout samples.
+
+    Unsampled (exactly zero) samples are ignored; returns 0.0 when no sample is left (e.g. noiseless data).
+    """
+    n_kx = kspace.shape[-1]
+    width = max(1, round(n_kx * EDGE_FRACTION))
+    edges = torch.cat([kspace[..., :width], kspace[..., n_kx - width:]], dim=-1)
+    return _variance_from_power(edges.abs().square().reshape(-1))
+
+
+def samples_noise_variance(data: torch.Tensor, trajectory: torch.Tensor) -> float:
+    """Noise variance of non-Cartesian samples ``[..., K]`` from those farthest out in k-space (outer 1/16)."""
+    radius = trajectory.square().sum(0).sqrt()
+    threshold = torch.quantile(radius.to(torch.float32), 1.0 - EDGE_FRACTION)
+    return _variance_from_power(data[..., radius >= threshold].abs().square().reshape(-1))
+
+
+def tikhonov_weight(noise_variance: float, image: torch.Tensor, floor: float = 1e-6) -> float:
+    """MAP weight sigma^2 / s^2 of ||x||^2 for an image prior of power s^2 (the mean |x|^2 of ``image``).
+
+    With orthonormal operators this is the Wiener choice: negligible at high SNR, strong where the coil
+    geometry amplifies noise (few coils, high acceleration). ``floor`` keeps the system well posed.
+    """
+    power = float(image.abs().square().mean())
+    if power <= 0.0:
+        return floor
+    return max(noise_variance / power, floor)
