@@ -1,12 +1,14 @@
 """Image quality on held-out data: each classical method and each bundled artifact, side by side.
 
-Cases (none of them a training sample): ``mrdserve simulate`` files at 128 and 256 (held-out seeds, through the
-ISMRMRD path: noise scan, prewhitening, 2x readout oversampling), ISMRMRD's own
-``ismrmrd_generate_cartesian_shepp_logan`` (256, 8 coils, R=4 + ACS; analytic, another generator), 2-coil data at
-R=2, fully sampled files (8 and 2 coils) and radial/spiral files. Each method's magnitude is scale-fitted to the
-reference (least squares), then PSNR / SSIM / NMSE with fastMRI conventions; seconds per slice alongside.
-"default" is what ``mrdserve recon`` serves without ``--artifact`` (artifact inside its validated envelope, else the
-best classical method). PNG panels (reference, methods, error maps x5) go to ``bench/out/quality/``.
+Cases (none of them a training sample), from three independent sources: ``mrdserve simulate`` files at 128 and
+256 (held-out seeds, through the ISMRMRD path: noise scan, prewhitening, 2x readout oversampling; also 2-coil data
+at R=2, fully sampled files with 8 and 2 coils, radial and spiral files), ISMRMRD's own
+``ismrmrd_generate_cartesian_shepp_logan`` (256, 8 coils, R=4 + 24 ACS, its default 5% noise) and BART's analytic
+multicoil k-space phantoms (Shepp-Logan, geometric objects, tubes; 256, 8 coils, R=4 + 24 ACS, noiseless).
+Each method's magnitude is scale-fitted to the reference (least squares), then PSNR / SSIM / NMSE with fastMRI
+conventions; seconds per slice alongside. "default" is what ``mrdserve recon`` serves without ``--artifact``
+(artifact inside its validated envelope, else the best classical method). PNG panels (reference, methods, error
+maps x5) go to ``bench/out/quality/``.
 
 Run: ``.venv/bin/python bench/quality.py [--cases NAME ...]``. Last line: ``xpdnet_vs_best_classical_db=<min over
 Cartesian R>=4 cases> ncpdnet_vs_best_classical_db=<min over non-Cartesian cases> default_vs_best_classical_db=<min>
@@ -35,7 +37,10 @@ sys.path.insert(0, str(ROOT))
 from models.data.baseline import CLASSICAL_METHODS, classical_reconstruction, is_fully_sampled  # noqa: E402
 from models.data.ismrmrd_io import read_ismrmrd  # noqa: E402
 from models.data.metrics import fitted_scores, scale_fit  # noqa: E402
+from models.data.sample import KSpaceSample  # noqa: E402
 from models.data.simulate import read_ground_truth, simulate_to_file  # noqa: E402
+from models.physics.classical import rss  # noqa: E402
+from models.physics.fft import ifftnc  # noqa: E402
 from service.artifacts import load_artifacts, mismatch  # noqa: E402
 from service.offline_recon import OfflineReconstructor  # noqa: E402
 
@@ -82,6 +87,33 @@ def _shepp_logan(workdir: Path, matrix: int = 256, coils: int = 8, acceleration:
     return Case("shepp-logan-256", samples[:1], [reference.astype(np.float64)], True, float(acceleration))
 
 
+def _read_cfl(base: Path) -> np.ndarray:
+    dims = [int(d) for d in base.with_suffix(".hdr").read_text().split("\n")[1].split()]
+    return np.fromfile(base.with_suffix(".cfl"), dtype=np.complex64).reshape(dims[::-1])
+
+
+def _bart_phantom(workdir: Path, name: str, flags: list[str], matrix: int = 256, coils: int = 8,
+                  acceleration: int = 4, acs_lines: int = 24) -> Case | None:
+    """BART's analytic multicoil k-space (another generator, piecewise-constant objects), R=4 + 24 ACS lines,
+    no noise; the reference is the RSS of the fully sampled k-space."""
+    if shutil.which("bart") is None:
+        print(f"# bart not found: {name} skipped")
+        return None
+    base = workdir / name
+    subprocess.run(["bart", "phantom", "-x", str(matrix), "-s", str(coils), "-k", *flags, str(base)], check=True,
+                   capture_output=True)
+    kspace = torch.from_numpy(_read_cfl(base).reshape(coils, matrix, matrix).copy())
+    reference = rss(ifftnc(kspace[None], 2), dim=1)[0].numpy().astype(np.float64)
+    lines = torch.zeros(matrix, dtype=torch.bool)
+    lines[::acceleration] = True
+    acs = torch.zeros(matrix, dtype=torch.bool)
+    acs[matrix // 2 - acs_lines // 2: matrix // 2 + acs_lines // 2] = True
+    lines |= acs
+    sample = KSpaceSample(kspace=kspace * lines[:, None], matrix=(matrix, matrix), recon_matrix=(matrix, matrix),
+                          mask=lines[:, None], acs_mask=acs[:, None], acceleration=(acceleration,))
+    return Case(name, [sample], [reference], True, float(acceleration))
+
+
 def build_cases(workdir: Path, names: list[str] | None) -> list[Case]:
     builders = {
         "sim-128-r4": lambda: _simulated("sim-128-r4", workdir, matrix=128, coils=8, acceleration=4, seed=9101),
@@ -89,6 +121,9 @@ def build_cases(workdir: Path, names: list[str] | None) -> list[Case]:
         "sim-256-r4-random": lambda: _simulated("sim-256-r4-random", workdir, matrix=256, coils=12,
                                                 acceleration=4, seed=9103, mask_type="random"),
         "shepp-logan-256": lambda: _shepp_logan(workdir),
+        "bart-shepp-logan-256": lambda: _bart_phantom(workdir, "bart-shepp-logan-256", []),
+        "bart-geometric-256": lambda: _bart_phantom(workdir, "bart-geometric-256", ["-G"]),
+        "bart-tubes-256": lambda: _bart_phantom(workdir, "bart-tubes-256", ["-T"]),
         "two-coil-160-r2": lambda: _simulated("two-coil-160-r2", workdir, matrix=160, coils=2, acceleration=2,
                                               seed=9104, noise=0.03, center_fraction=0.15),
         "full-8-coil": lambda: _simulated("full-8-coil", workdir, matrix=128, coils=8, acceleration=1, seed=9105),

@@ -22,7 +22,7 @@ from models.data.ismrmrd_io import read_ismrmrd
 from models.data.prepare import collate, output_to_image, prepare_sample
 from models.data.sample import KSpaceSample
 from service.artifacts import Artifact, load_artifacts
-from service.engine.plan import CLASSICAL, plan_sample
+from service.engine.plan import CLASSICAL, Plan, plan_sample
 from service.engine.result import ReconResult
 from service.outputs.dicom import write_dicom_series
 from service.outputs.ismrmrd_images import write_ismrmrd_images
@@ -92,14 +92,13 @@ class OfflineReconstructor:
 
     def reconstruct(self, sample: KSpaceSample) -> tuple[torch.Tensor, str]:
         """Magnitude image in recon space and the label of what made it (artifact label or classical method)."""
-        return self._reconstruct_with(sample, self._choose(sample))
+        return self._reconstruct_with(sample, plan_sample(self.artifacts, sample, self.requested))
 
-    def _choose(self, sample: KSpaceSample) -> Artifact | None:
-        return plan_sample(self.artifacts, sample, self.requested).artifact
-
-    def _reconstruct_with(self, sample: KSpaceSample, artifact: Artifact | None) -> tuple[torch.Tensor, str]:
+    def _reconstruct_with(self, sample: KSpaceSample, plan: Plan) -> tuple[torch.Tensor, str]:
+        artifact = plan.artifact
         if artifact is None:
-            result = classical_reconstruction(sample, method=self.method, device=self.device)
+            result = classical_reconstruction(sample, method=self.method, device=self.device,
+                                              preferred=plan.classical_method)
             return result.image, result.method
         preparation = artifact.manifest["preparation"]
         prepared = prepare_sample(sample, preparation["name"], preparation["params"], device=self.device)
@@ -110,7 +109,7 @@ class OfflineReconstructor:
     def reconstruct_result(self, sample: KSpaceSample) -> ReconResult:
         """``reconstruct`` as a ``ReconResult`` (what the output writers take), saying why a fallback was used."""
         plan = plan_sample(self.artifacts, sample, self.requested)
-        image, label = self._reconstruct_with(sample, plan.artifact)
+        image, label = self._reconstruct_with(sample, plan)
         array = image.detach().cpu().numpy().astype(np.float32)
         if plan.artifact is not None:
             return ReconResult(array, sample, label, artifact=plan.artifact.name, version=plan.artifact.version)

@@ -73,8 +73,8 @@ def calibration_lines(sample: KSpaceSample) -> torch.Tensor | None:
     lines = sampled_lines(sample)
     if sample.acs_mask is not None and bool(sample.acs_mask.any()):
         acs = torch.broadcast_to(sample.acs_mask.bool(), tuple(sample.kspace.shape[1:])).any(-1) & lines
-        if bool(acs.any()):
-            return acs
+        if bool(acs[tuple(n // 2 for n in acs.shape)]):
+            return acs  # flags that miss the k-space centre are not usable: detect from the mask instead
     if lines.dim() != 1:  # 3D without flags: the whole grid only when fully sampled
         return lines if bool(lines.all()) else None
     centre = lines.numel() // 2
@@ -185,8 +185,17 @@ def _noncartesian(sample: KSpaceSample, method: str, device: torch.device, n_ite
 
 
 def classical_reconstruction(sample: KSpaceSample, method: str = "auto", device: str | torch.device = "cpu",
-                             n_iter: int = 15) -> ClassicalResult:
-    """Reconstruct one sample with ``method`` (see the module docstring); "auto" picks the task's best."""
+                             n_iter: int = 15, preferred: str | None = None) -> ClassicalResult:
+    """Reconstruct one sample with ``method`` (see the module docstring); "auto" picks the task's best.
+
+    ``preferred``: with "auto", try this method first (the winner of the artifact's validation cell for these
+    data) and make the automatic choice where it does not apply.
+    """
+    if method == "auto" and preferred not in (None, "auto"):
+        try:
+            return classical_reconstruction(sample, check_method(preferred), device, n_iter)
+        except ValueError:
+            pass
     chosen = _choose(sample, method)
     device = torch.device(device)
     with torch.no_grad():

@@ -1,8 +1,8 @@
 """Reading an artifact's validation envelope at serving time: which cell a sample falls in and whether the
 artifact is served there (see ``models.export.envelope`` for how the envelope is made).
 
-The noise axis is measured, not declared: ``relative_noise`` (noise std over the 99th percentile of the
-zero-filled RSS image) is computed the same way at validation and at serving, on prewhitened or raw data alike.
+The noise axis is measured, not declared: ``relative_noise`` is computed from the k-space by the same estimator
+at validation and at serving, on prewhitened or raw data alike, without a transform (cheap at planning time).
 """
 
 from __future__ import annotations
@@ -13,29 +13,23 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from models.data.baseline import sampled_lines
 from models.data.sample import KSpaceSample
-from models.physics.classical import rss
-from models.physics.fft import ifftnc
 from models.physics.noise_level import kspace_noise_variance, samples_noise_variance
-from models.physics.nufft import NufftOp
 
 
 def relative_noise(sample: KSpaceSample) -> float:
-    """Noise std over the 99th percentile of the zero-filled RSS image (the envelope's noise axis)."""
+    """Noise std relative to the mean image intensity, both read off the k-space: the estimated noise std
+    (``models.physics.noise_level``) times sqrt(pixels) over the largest coil-combined sample (the k-space
+    centre, sqrt(pixels) times the mean image value with orthonormal transforms). Independent of acceleration
+    and matrix size, the envelope's noise axis."""
     if sample.is_cartesian:
         lines = sampled_lines(sample)
-        variance = 1.0 if sample.prewhitened else kspace_noise_variance(
-            sample.kspace[:, lines] if lines.dim() == 1 else sample.kspace)
-        image = rss(ifftnc(sample.kspace.unsqueeze(0), sample.n_spatial), dim=1)
+        variance = kspace_noise_variance(sample.kspace[:, lines] if lines.dim() == 1 else sample.kspace)
     else:
-        variance = 1.0 if sample.prewhitened else samples_noise_variance(sample.kspace, sample.trajectory)
-        op = NufftOp(sample.trajectory, sample.matrix)
-        image = rss(op.adjoint_coils(sample.kspace.unsqueeze(0)), dim=1)
-    peak = float(torch.quantile(image.reshape(-1).to(torch.float32), 0.99))
-    return math.sqrt(variance) / peak if peak > 0 else 0.0
+        variance = samples_noise_variance(sample.kspace, sample.trajectory)
+    peak = float(sample.kspace.abs().square().sum(0).sqrt().max())
+    return math.sqrt(variance * math.prod(sample.matrix)) / peak if peak > 0 else 0.0
 
 
 def acceleration_of(sample: KSpaceSample) -> float:
@@ -65,24 +59,32 @@ def bin_index(edges: Sequence[float], value: float) -> int | None:
 
 
 def _locate(envelope: dict[str, Any], sample: KSpaceSample) -> tuple[dict[str, Any] | None, str | None]:
-    """The cell ``sample`` falls in, or None with the axis it falls outside of."""
+    """The cell ``sample`` falls in, or None with the axis it falls outside of (noise is measured last)."""
     axes = envelope["axes"]
-    values = {"matrix": float(max(sample.matrix)), "coils": float(sample.n_coils),
-              "acceleration": acceleration_of(sample), "noise": relative_noise(sample)}
-    index = {}
-    for axis, value in values.items():
-        position = bin_index(axes[axis]["edges"], value)
-        if position is None:
-            edges = axes[axis]["edges"]
+    measures = {"matrix": lambda: float(max(sample.matrix)), "coils": lambda: float(sample.n_coils),
+                "acceleration": lambda: acceleration_of(sample), "noise": lambda: relative_noise(sample)}
+    position: dict[str, int] = {}
+    for axis, measure in measures.items():
+        edges = axes[axis]["edges"]
+        value = measure()
+        index = bin_index(edges, value)
+        if index is None:
             return None, f"{axis} {value:.3g} outside the validated range [{edges[0]:.3g}, {edges[-1]:.3g}]"
-        index[axis] = position
+        position[axis] = index
     for cell in envelope["cells"]:
-        if (axes["matrix"]["points"].index(cell["matrix"]) == index["matrix"]
-                and axes["coils"]["points"].index(cell["coils"]) == index["coils"]
-                and axes["acceleration"]["points"].index(cell["acceleration"]) == index["acceleration"]
-                and cell["noise"] == index["noise"]):
+        if (sorted(axes["matrix"]["points"]).index(cell["matrix"]) == position["matrix"]
+                and sorted(axes["coils"]["points"]).index(cell["coils"]) == position["coils"]
+                and sorted(axes["acceleration"]["points"]).index(cell["acceleration"]) == position["acceleration"]
+                and cell["noise"] == position["noise"]):
             return cell, None
     return None, "no validated cell at this matrix, coil count, acceleration and noise level"
+
+
+def best_classical(manifest: dict[str, Any], sample: KSpaceSample) -> str | None:
+    """The classical method that won the envelope cell ``sample`` falls in (None outside the envelope)."""
+    envelope = manifest.get("validation", {}).get("envelope")
+    cell = _locate(envelope, sample)[0] if envelope else None
+    return None if cell is None else str(cell["classical"]["method"])
 
 
 def envelope_refusal(manifest: dict[str, Any], sample: KSpaceSample) -> str | None:

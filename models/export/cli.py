@@ -69,4 +69,8 @@ def run_export(args: argparse.Namespace) -> int:
         print("no validation envelope: the artifact is served only when named")
         return 0
     args.artifact, args.grid = str(target), args.envelope
-    return run_validate(args)
+    code = run_validate(args)
+    if code != 0:
+        print(f"mrdserve export: {target} was written but has no validation envelope; run `mrdserve validate "
+              f"{target}` once the problem above is fixed", file=sys.stderr)
+    return code

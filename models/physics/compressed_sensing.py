@@ -20,8 +20,11 @@ import ptwt
 import pywt
 import torch
 
+from models.physics.noise_level import quantile
+
 DEFAULT_RELATIVE_LAMBDA = 0.002
 NOISE_LAMBDA_FACTOR = 0.25
+LIPSCHITZ_MARGIN = 1.05  # power iteration approaches the largest eigenvalue from below
 DEFAULT_WAVELET = "db4"
 
 
@@ -67,10 +70,10 @@ def l1_wavelet(normal: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor
     ``noise_std``: the data's noise standard deviation per sample (1 for prewhitened data)."""
     if relative_lambda < 0:
         raise ValueError(f"relative_lambda must be >= 0, got {relative_lambda}")
-    scale = float(torch.quantile(rhs.abs().reshape(-1).to(torch.float32), 0.99))
+    scale = quantile(rhs.abs(), 0.99)
     if scale <= 0:
         return torch.zeros_like(rhs)
-    step = 1.0 / max_eigenvalue(normal, rhs, seed=seed)
+    step = 1.0 / (LIPSCHITZ_MARGIN * max_eigenvalue(normal, rhs, seed=seed))
     threshold = max(relative_lambda * scale, NOISE_LAMBDA_FACTOR * noise_std) * step
     generator = torch.Generator(device="cpu").manual_seed(seed)
     x = rhs * 0

@@ -73,10 +73,11 @@ def grappa_kspace(kspace: torch.Tensor, sampled: torch.Tensor, acs: torch.Tensor
         raise ValueError(f"GRAPPA needs complex k-space [C, ky, kx], got {tuple(kspace.shape)} {kspace.dtype}")
     if kernel_kx < 1 or kernel_kx % 2 == 0:
         raise ValueError(f"kernel_kx must be odd and >= 1, got {kernel_kx}")
-    sampled = sampled.reshape(-1).bool().cpu()
-    acs = (acs.reshape(-1).bool() & sampled.to(acs.device)).cpu()
+    sampled, acs = sampled.reshape(-1).bool().cpu(), acs.reshape(-1).bool().cpu()
     if sampled.numel() != kspace.shape[1] or acs.numel() != kspace.shape[1]:
-        raise ValueError(f"masks over ky must have {kspace.shape[1]} entries")
+        raise ValueError(f"masks over ky must have {kspace.shape[1]} entries, got {sampled.numel()} and "
+                         f"{acs.numel()}")
+    acs = acs & sampled
     if not bool(acs.any()):
         raise ValueError("GRAPPA needs calibration (ACS) lines; none are acquired")
     flags = sampled.tolist()

@@ -16,11 +16,20 @@ EDGE_FRACTION = 0.0625  # outer 1/16 of the readout on each side
 QUANTILE = 0.1
 
 
+def quantile(values: torch.Tensor, q: float) -> float:
+    """The ``q`` quantile of all ``values`` (kthvalue: no size limit, unlike torch.quantile's 2^24)."""
+    flat = values.reshape(-1).to(torch.float64)
+    if flat.numel() == 0:
+        raise ValueError("quantile of an empty tensor")
+    k = min(flat.numel(), max(1, round(q * flat.numel())))
+    return float(flat.kthvalue(k).values)
+
+
 def _variance_from_power(power: torch.Tensor) -> float:
     power = power[power > 0]
     if power.numel() == 0:
         return 0.0
-    return float(torch.quantile(power.to(torch.float64), QUANTILE)) / -math.log(1.0 - QUANTILE)
+    return quantile(power, QUANTILE) / -math.log(1.0 - QUANTILE)
 
 
 def kspace_noise_variance(kspace: torch.Tensor) -> float:
@@ -37,7 +46,7 @@ def kspace_noise_variance(kspace: torch.Tensor) -> float:
 def samples_noise_variance(data: torch.Tensor, trajectory: torch.Tensor) -> float:
     """Noise variance of non-Cartesian samples ``[..., K]`` from those farthest out in k-space (outer 1/16)."""
     radius = trajectory.square().sum(0).sqrt()
-    threshold = torch.quantile(radius.to(torch.float32), 1.0 - EDGE_FRACTION)
+    threshold = quantile(radius, 1.0 - EDGE_FRACTION)
     return _variance_from_power(data[..., radius >= threshold].abs().square().reshape(-1))
 
 

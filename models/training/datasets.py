@@ -214,6 +214,8 @@ class SyntheticDataset(Dataset):
         self.acceleration_range = _range(acceleration, "acceleration", varied)
         self.center_fraction_range = _range(center_fraction, "center_fraction", varied)
         self.noise_range = _range(noise_level, "noise_level", varied)
+        if self.noise_range[0] <= 0 < self.noise_range[1]:
+            raise ValueError(f"noise_level: a range is drawn log-uniformly and must start above 0, got {noise_level}")
         self.acceleration = self.acceleration_range[0]
         self.center_fraction = self.center_fraction_range[0]
         self.noise_level = self.noise_range[0]

@@ -342,6 +342,9 @@ def initialise_from(model: nn.Module, source: Path) -> int:
         raise ValueError(f"loop.init_from: no parameter of {source} matches the network {type(model).__name__}")
     own.update(matching)
     model.load_state_dict(own)
+    if len(matching) < len(own):
+        log.warning("loop.init_from: %d of %d parameter tensors copied from %s; the rest keep their fresh "
+                    "initialisation", len(matching), len(own), source)
     return len(matching)
 
 

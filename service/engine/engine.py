@@ -165,7 +165,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         if plan.artifact is None:
             started = time.perf_counter()
-            result = await loop.run_in_executor(self._pool, self._classical, sample, plan.fallback_reason, method)
+            result = await loop.run_in_executor(self._pool, self._classical, sample, plan, method)
             self.metrics.observe_stage("inference", time.perf_counter() - started)
             result.timings["inference"] = time.perf_counter() - started
             return result
@@ -188,9 +188,11 @@ class Engine:
         preparation = artifact.manifest["preparation"]
         return prepare_sample(sample, preparation["name"], preparation["params"])
 
-    def _classical(self, sample: KSpaceSample, reason: str | None, method: str = "auto") -> ReconResult:
+    def _classical(self, sample: KSpaceSample, plan: Plan, method: str = "auto") -> ReconResult:
+        reason = plan.fallback_reason
         try:
-            made = classical_reconstruction(sample, method=method, device=self.device)
+            made = classical_reconstruction(sample, method=method, device=self.device,
+                                            preferred=plan.classical_method)
         except ValueError:
             raise
         except Exception as error:
@@ -228,7 +230,7 @@ class Engine:
         for i, (sample, plan) in enumerate(zip(samples, plans, strict=True)):
             started = time.perf_counter()
             if plan.artifact is None:
-                results[i] = self._classical(sample, plan.fallback_reason, method)
+                results[i] = self._classical(sample, plan, method)
                 results[i].timings["inference"] = time.perf_counter() - started  # type: ignore[union-attr]
                 continue
             prepared = self._prepare(plan.artifact, sample)

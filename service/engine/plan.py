@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from models.data.baseline import METHODS
+from models.data.envelope import best_classical
 from models.data.prepare import PreparedSample
 from models.data.sample import KSpaceSample
 from models.data.simulate import simulate_cartesian, simulate_noncartesian
@@ -28,6 +29,7 @@ class Plan:
 
     artifact: Artifact | None
     fallback_reason: str | None = None
+    classical_method: str | None = None  # the best classical method of the data's envelope cell, if one says
 
 
 def plan_sample(artifacts: list[Artifact], sample: KSpaceSample, requested: str | None = None) -> Plan:
@@ -40,7 +42,8 @@ def plan_sample(artifacts: list[Artifact], sample: KSpaceSample, requested: str 
     if not artifacts:
         return Plan(None, "no artifacts are loaded")
     reasons = "; ".join(f"{a.label}: {mismatch(a, sample, envelope=True)}" for a in artifacts)
-    return Plan(None, f"no artifact fits this data ({reasons})")
+    winners = (best_classical(a.manifest, sample) for a in artifacts if mismatch(a, sample) is None)
+    return Plan(None, f"no artifact fits this data ({reasons})", next((m for m in winners if m), None))
 
 
 def batch_key(prepared: PreparedSample) -> Hashable:

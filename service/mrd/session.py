@@ -26,7 +26,7 @@ from models.data.acquisitions import AcquisitionAssembler
 from models.data.baseline import METHODS
 from models.data.ismrmrd_header import parse_header
 from models.data.sample import KSpaceSample
-from service.artifacts import choose
+from service.engine.plan import plan_sample
 from service.log import log_event
 from service.mrd.configs import CLASSICAL, ConfigChoice, UnknownConfigError, resolve
 from service.mrd.protocol import (
@@ -324,11 +324,10 @@ class MrdSession:
             return CLASSICAL, None
         if choice.mode == "task":
             candidates = [a for a in self.engine.artifacts if a.manifest["task"] in choice.tasks]
-            chosen = choose(candidates, sample)
-            if chosen is None:
-                return CLASSICAL, f"config {choice.name!r}: no artifact of task {', '.join(choice.tasks)} " \
-                                  f"fits this slice"
-            return chosen.label, None
+            plan = plan_sample(candidates, sample)
+            if plan.artifact is None:
+                return CLASSICAL, f"config {choice.name!r}: {plan.fallback_reason}"
+            return plan.artifact.label, None
         return None, None
 
     async def _reconstruct_slice(self, sample: KSpaceSample, received: float, assemble_s: float) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -44,12 +43,9 @@ def test_measured_noise_and_acceleration_follow_the_data() -> None:
     no noise, 0.049 at 4% for 128^2); prewhitened data have unit variance by construction."""
     low, high = _sample(128, 8, 4, 0.005), _sample(128, 8, 4, 0.04)
     assert relative_noise(high) > 2.5 * relative_noise(low)
-    low.prewhitened = True
-    from models.physics.classical import rss
-    from models.physics.fft import ifftnc
-
-    peak = float(torch.quantile(rss(ifftnc(low.kspace[None], 2), dim=1).reshape(-1), 0.99))
-    assert relative_noise(low) == pytest.approx(1.0 / peak, rel=1e-5)
+    # the same noise level reads the same at other accelerations and matrix sizes (within 30%)
+    for other in (_sample(128, 8, 2, 0.04), _sample(192, 8, 4, 0.04)):
+        assert relative_noise(other) == pytest.approx(relative_noise(high), rel=0.3)
     assert acceleration_of(low) == pytest.approx(4.0, rel=0.15)
     assert acceleration_of(_sample(64, 4, 1, 0.01)) == 1.0
 
@@ -65,7 +61,7 @@ def _envelope(serve_r4: bool) -> dict:
         "matrix": {"points": [64], "edges": bin_edges([64], geometric=True)},
         "coils": {"points": [4], "edges": bin_edges([4], geometric=True)},
         "acceleration": {"points": [1.0, 4.0], "edges": bin_edges([1.0, 4.0], geometric=False)},
-        "noise": {"points": [0.01], "edges": [0.0, 0.1]}}}
+        "noise": {"points": [0.3], "edges": [0.0, 1.0]}}}
 
 
 def _artifact(envelope: dict | None, name: str = "toy") -> Artifact:
@@ -117,11 +113,23 @@ def test_validate_writes_the_envelope_into_the_manifest(tmp_path: Path) -> None:
     narrowed = manifest["constraints"]
     assert narrowed["matrix"]["min"] >= 51 and narrowed["matrix"]["max"] <= 80
     assert narrowed["coils"] == {"min": 4, "max": 5}
-    assert narrowed["acceleration"]["max"] <= 5.5 < before["constraints"]["acceleration"]["max"] + 1
+    assert narrowed["acceleration"] == {"min": 1.0, "max": 5.5} != before["constraints"]["acceleration"]
     broken = copy.deepcopy(manifest)
     broken["validation"]["envelope"]["cells"][0].pop("serve")
     with pytest.raises(ValueError, match="serve"):
         validate_manifest(broken)
-    copy_dir = tmp_path / "copy"
-    shutil.copytree(target, copy_dir)
-    assert torch.jit.load(str(copy_dir / "model.ts")) is not None
+
+
+def test_every_cell_of_the_standard_grids_can_be_simulated() -> None:
+    """Mask draws only (no reconstruction): each Cartesian cell's R is reachable with its calibration lines."""
+    from models.data.simulate import _mask
+    from models.export.envelope import calibration_fraction
+
+    grid = GRIDS["standard"]
+    for matrix in grid.matrix:
+        for acceleration in grid.acceleration:
+            lines, acs = _mask("equispaced_fraction", matrix, acceleration, calibration_fraction(matrix, acceleration),
+                               0)
+            assert int(acs.sum()) >= min(16, matrix // 2 // acceleration)
+            assert lines.numel() / float(lines.sum()) == pytest.approx(acceleration, rel=0.15)
+    assert GRIDS["standard-noncartesian"].acceleration == (2.0, 4.0, 8.0)

@@ -31,6 +31,7 @@ class FakeEngine:
         self.fail_with = fail_with
         self.delay_s = delay_s
         self.calls = 0
+        self.methods: list[str] = []
 
     async def start(self) -> None:
         self.ready = True
@@ -43,6 +44,7 @@ class FakeEngine:
 
     async def reconstruct(self, samples, artifact=None, request_id="", method="auto"):
         self.calls += 1
+        self.methods.append(method)
         await asyncio.sleep(self.delay_s)
         if self.fail_with is not None:
             raise self.fail_with
@@ -158,7 +160,11 @@ def test_every_bad_input_gets_its_4xx_and_message(tmp_path, cartesian):
         assert response.status_code == 422 and "format" in response.json()["message"]
         response = _post(client, cartesian, artifact="nope")
         assert response.status_code == 422 and "unknown artifact" in response.json()["message"]
+        response = _post(client, cartesian, method="sense-ish")
+        assert response.status_code == 422 and "method" in response.json()["message"]
         assert engine.calls == 1  # only the unknown-artifact request reached the engine
+        assert _post(client, cartesian, method="grappa").status_code == 200
+        assert engine.methods[-1] == "grappa"
         assert client.get("/healthz").json()["status"] == "ok"
         assert _post(client, cartesian).status_code == 200
 

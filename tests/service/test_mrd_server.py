@@ -426,3 +426,19 @@ def test_fully_sampled_and_two_coil_streams_reconstruct_as_rest_does(server, res
         assert result.closed and not result.errors, result.texts
         assert_same_pixels(result.images, rest_images(rest, path))
         assert all(np.isfinite(np.array(image.data)).all() for image in result.images)
+
+
+def test_classical_method_by_config_name_or_parameter(server, inputs):
+    """``grappa.xml`` (a method name) and ``{"method": ...}`` choose the classical method; a bad one is an ERROR."""
+    from service.mrd.configs import resolve
+
+    assert resolve("GRAPPA.xml", server.engine.artifacts).method == "grappa"
+    by_name = stream_file(inputs["cartesian"], HOST, server.port, config="grappa.xml")
+    assert by_name.closed and not by_name.errors and len(by_name.images) == 2
+    assert all("grappa" in image.meta["ImageComments"] for image in by_name.images)
+    by_parameter = stream_file(inputs["cartesian"], HOST, server.port,
+                               parameters={"artifact": "classical", "method": "cg-sense"})
+    assert by_parameter.closed and not by_parameter.errors and len(by_parameter.images) == 2
+    assert all("cg-sense" in image.meta["ImageComments"] for image in by_parameter.images)
+    bad = stream_file(inputs["cartesian"], HOST, server.port, parameters={"method": "magic"})
+    assert bad.closed and any("method: must be one of" in text for text in bad.errors)

@@ -141,3 +141,28 @@ def test_ismrmrd_directory_with_simulated_and_plain_files(tmp_path: Path) -> Non
     assert float(example.inputs["mask"].mean()) < 0.5
     restored = output_to_image(example.target, example.scale, (N, N))[0]
     assert torch.allclose(restored, full.ground_truth[0].abs(), rtol=1e-3, atol=1e-3)
+
+
+def test_varied_synthetic_data_go_through_the_ismrmrd_path():
+    """Per-example draws of matrix, coils, mask and noise; the sample is what the serving reader gives
+    (prewhitened, oversampling removed) and the target is in the same units (fully sampled RSS matches it)."""
+    from models.physics.classical import rss
+    from models.physics.fft import ifftnc
+
+    varied = SyntheticDataset("cartesian2d-multicoil", 6, matrix=[32, 48, 64], coils=[2, 4],
+                              acceleration=[2.0, 4.0], mask_type=["equispaced_fraction", "random"],
+                              noise_level=[0.002, 0.02], ismrmrd_path=True, seed=3)
+    draws = [varied.draw(i) for i in range(6)]
+    assert draws == [varied.draw(i) for i in range(6)]  # a pure function of (seed, index)
+    assert len({d["matrix"] for d in draws}) >= 2 and {d["coils"] for d in draws} <= {2, 4}
+    assert all(2.0 <= d["acceleration"] <= 4.0 and 0.002 <= d["noise_level"] <= 0.02 for d in draws)
+    example = varied[0]
+    assert varied.sample(0).prewhitened
+    assert tuple(example.target.shape[1:]) == draws[0]["matrix"]
+    full = SyntheticDataset("cartesian2d-multicoil", 1, matrix=48, coils=4, acceleration=1.0, noise_level=1e-4,
+                            ismrmrd_path=True, seed=4)
+    sample, target = full.sample(0), full.target(0)
+    combined = rss(ifftnc(sample.kspace[None], 2), dim=1)[0]
+    assert float((combined - target).norm() / target.norm()) < 0.05
+    with pytest.raises(ValueError, match="log-uniformly"):
+        SyntheticDataset("cartesian2d-multicoil", 2, matrix=[32, 48, 64], noise_level=[0.0, 0.01])
