@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from models.data.envelope import acceleration_of, bin_edges, bin_index, envelope_refusal, relative_noise
 from models.data.manifest_schema import validate_manifest, verify_artifact
