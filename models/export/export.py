@@ -116,11 +116,17 @@ def _settings(checkpoint: dict[str, Any]) -> dict[str, Any]:
     shape = gen.get("shape", gen.get("matrix"))
     if isinstance(shape, list | tuple) and shape and isinstance(shape[0], list | tuple):
         shape = shape[0]
+    elif isinstance(shape, list | tuple) and len(shape) > (3 if is_3d else 2):  # varied data: a list of sizes N
+        shape = int(shape[0])
     if shape is None:
         shape = (8, 16, 16) if is_3d else (32, 32)
     coils = gen.get("n_coils", gen.get("coils"))
     coils_range = _scalar_or_range(coils)
     n_coils = 1 if task.endswith("singlecoil") else int(coils_range[0]) if coils_range else 4
+    if n_coils == 2 and coils_range and coils_range[1] > 2:
+        # an example with 2 coils would make the exporter tie the coil axis to the real/imaginary axis (size 2)
+        # and freeze it; take another trained count
+        n_coils = int(min(4, coils_range[1]))
     acceleration = _scalar_or_range(gen.get("acceleration", gen.get("accelerations")))
     trajectory = _first(gen.get("trajectory", gen.get("trajectories"))) or _DEFAULT_TRAJECTORY[task]
     return {"shape": tuple(shape) if isinstance(shape, list | tuple) else int(shape), "n_coils": n_coils,
@@ -343,6 +349,8 @@ def _constraints(checkpoint: dict[str, Any], inputs: list[dict[str, Any]], matri
     if task.startswith("noncartesian") or acceleration["min"] == acceleration["max"]:
         # a learned prior generalises a little around its training factor; say so rather than be silent
         acceleration = {"min": 1.0, "max": max(acceleration["max"] * 2, 2.0)}
+    # fully sampled data always fit a named artifact (the validation envelope decides whether it is served)
+    acceleration["min"] = min(acceleration["min"], 1.0)
     return {"trajectory": sorted(set(trajectories)), "coils": coils, "matrix": matrix_range,
             "acceleration": acceleration, "dims": 3 if task == "noncartesian3d" else 2}
 

@@ -56,7 +56,10 @@ def test_serve_streams_and_stops_cleanly(tmp_path):
         assert sorted(image.slice for image in images) == [0, 1]
         assert all(np.isfinite(image.data).all() and image.data.max() > 0 for image in images)
         metrics = httpx.get(f"http://{HOST}:{port}/metrics", timeout=10).text  # one engine behind both servers
-        assert 'mrdserve_requests_total{artifact="demo-xpdnet-0.12000",entrypoint="mrd",outcome="ok"} 2.0' in metrics
+        # two slices counted under whatever made them (the XPDNet where validated, else the classical method)
+        import re
+
+        assert re.search(r'mrdserve_requests_total\{artifact="[^"]+",entrypoint="mrd",outcome="ok"\} 2\.0', metrics)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
