@@ -189,9 +189,10 @@ def classical_reconstruction(sample: KSpaceSample, method: str = "auto", device:
     """Reconstruct one sample with ``method`` (see the module docstring); "auto" picks the task's best.
 
     ``preferred``: with "auto", try this method first (the winner of the artifact's validation cell for these
-    data) and make the automatic choice where it does not apply.
+    data) and make the automatic choice where it does not apply. Fully sampled data are always coil-combined
+    ("rss"): the exact reconstruction of what was acquired.
     """
-    if method == "auto" and preferred not in (None, "auto"):
+    if method == "auto" and preferred not in (None, "auto") and not is_fully_sampled(sample):
         try:
             return classical_reconstruction(sample, check_method(preferred), device, n_iter)
         except ValueError:

@@ -203,3 +203,21 @@ def test_calibration_lines_from_the_fully_sampled_centre_without_flags() -> None
     assert classical_reconstruction(sparse).method == "rss"
     with pytest.raises(ValueError, match="calibration lines"):
         classical_reconstruction(sparse, "grappa")
+
+
+def test_preferred_method_applies_to_accelerated_data_only() -> None:
+    """The envelope cell's winner is tried first on undersampled data; fully sampled data stay exact (RSS), and a
+    preferred method that does not apply falls back to the automatic choice."""
+    sim = simulate_cartesian(64, n_coils=4, acceleration=1, noise_level=0.01, readout_oversampling=1,
+                             with_noise_scan=False, seed=5)
+    full = KSpaceSample(kspace=sim.kspace[0], matrix=sim.matrix, recon_matrix=sim.matrix)
+    assert classical_reconstruction(full, preferred="cg-sense").method == "rss"
+    sim = simulate_cartesian(64, n_coils=4, acceleration=4, center_fraction=0.25, noise_level=0.01,
+                             readout_oversampling=1, with_noise_scan=False, seed=6)
+    accelerated = KSpaceSample(kspace=sim.kspace[0], matrix=sim.matrix, recon_matrix=sim.matrix,
+                               mask=sim.mask[:, None], acs_mask=sim.acs[:, None])
+    assert classical_reconstruction(accelerated, preferred="cg-sense").method == "cg-sense"
+    assert classical_reconstruction(accelerated, "grappa", preferred="cg-sense").method == "grappa"
+    no_calibration = KSpaceSample(kspace=accelerated.kspace * 0, matrix=sim.matrix, recon_matrix=sim.matrix,
+                                  mask=torch.arange(64)[:, None] % 4 == 1)
+    assert classical_reconstruction(no_calibration, preferred="grappa").method == "rss"
