@@ -305,9 +305,10 @@ def smooth_phase(shape: tuple[int, ...], seed: int = 0, max_order: int = 2, ampl
 
 
 def complex_phantom_2d(shape: tuple[int, int] = (256, 256), seed: int = 0,
-                       device: torch.device | str = "cpu") -> torch.Tensor:
+                       device: torch.device | str = "cpu", *, texture: bool = True,
+                       detail: bool = True) -> torch.Tensor:
     """``phantom_2d * exp(i smooth_phase)`` as complex64 ``[y, x]``."""
-    magnitude = phantom_2d(shape, seed, device=device)
+    magnitude = phantom_2d(shape, seed, texture=texture, detail=detail, device=device)
     return torch.polar(magnitude, smooth_phase(magnitude.shape, seed + 1, device=device))
 
 

@@ -161,10 +161,23 @@ def _check_common(n_coils: int, n_slices: int, noise_level: float, acceleration:
         raise ValueError(f"acceleration must be >= 1, got {acceleration}")
 
 
-def _phantoms(matrix: tuple[int, ...], n_slices: int, seed: int) -> torch.Tensor:
-    """One independent complex phantom per slice (or volume), ``[S, (z,) y, x]`` complex64."""
-    draw = complex_phantom_3d if len(matrix) == 3 else complex_phantom_2d
-    return torch.stack([draw(matrix, seed=s) for s in _seeds(seed, n_slices)])  # type: ignore[arg-type]
+CONTENTS = ("textured", "piecewise", "mixed")
+
+
+def _phantoms(matrix: tuple[int, ...], n_slices: int, seed: int, content: str = "textured") -> torch.Tensor:
+    """One independent complex phantom per slice (or volume), ``[S, (z,) y, x]`` complex64.
+
+    ``content``: "textured" (anatomy with power-law texture and fine detail), "piecewise" (the anatomy's
+    piecewise-constant ellipses only, 2D) or "mixed" (2D slices alternate: even textured, odd piecewise)."""
+    if content not in CONTENTS:
+        raise ValueError(f"content must be one of {', '.join(CONTENTS)}, got {content!r}")
+    if len(matrix) == 3:
+        return torch.stack([complex_phantom_3d(matrix, seed=s) for s in _seeds(seed, n_slices)])  # type: ignore
+    images = []
+    for index, s in enumerate(_seeds(seed, n_slices)):
+        textured = content == "textured" or (content == "mixed" and index % 2 == 0)
+        images.append(complex_phantom_2d(matrix, seed=s, texture=textured, detail=textured))  # type: ignore
+    return torch.stack(images)
 
 
 def _coil_maps(n_coils: int, shape: tuple[int, ...], seed: int,
@@ -217,7 +230,7 @@ def _check_cartesian(readout_oversampling: int, center_fraction: float) -> None:
 def _acquire_cartesian(matrix: tuple[int, ...], n_coils: int, acceleration: float, center_fraction: float,
                        mask_type: str, n_slices: int, noise_level: float, readout_oversampling: int,
                        with_noise_scan: bool, seed: int, noise_correlation: float,
-                       fov_mm: tuple[float, ...]) -> Simulation:
+                       fov_mm: tuple[float, ...], content: str = "textured") -> Simulation:
     """Cartesian acquisition of a 2D (y, x) or 3D (z, y, x) matrix; the ky mask is shared along kz.
 
     Readout oversampling is simulated physically: each coil image lives on a FOV ``readout_oversampling``
@@ -231,7 +244,7 @@ def _acquire_cartesian(matrix: tuple[int, ...], n_coils: int, acceleration: floa
     wide = (*matrix[:-1], nx * readout_oversampling)
     start = wide[-1] // 2 - nx // 2
 
-    images = _phantoms(matrix, n_slices, phantom_seed)
+    images = _phantoms(matrix, n_slices, phantom_seed, content)
     padded = torch.zeros((n_slices, *wide), dtype=torch.complex64)
     padded[..., start:start + nx] = images
     extent = (1.0,) * (len(matrix) - 1) + (float(readout_oversampling),)
@@ -255,14 +268,16 @@ def simulate_cartesian(shape: int | tuple[int, int] = (256, 256), n_coils: int =
                        center_fraction: float = 0.08, mask_type: str = "equispaced_fraction",
                        n_slices: int = 1, noise_level: float = 0.01, readout_oversampling: int = 2,
                        with_noise_scan: bool = True, seed: int = 0, noise_correlation: float = 0.2,
-                       fov_mm: tuple[float, float, float] = (256.0, 256.0, 5.0)) -> Simulation:
+                       fov_mm: tuple[float, float, float] = (256.0, 256.0, 5.0),
+                       content: str = "textured") -> Simulation:
     """2D multislice Cartesian acquisition, undersampled along ky with a fastMRI-style mask.
 
     Readout oversampling is simulated physically (see ``_acquire_cartesian``). One mask for all slices.
+    ``content``: the phantoms' image content (``_phantoms``).
     """
     return _acquire_cartesian(_matrix(shape), n_coils, acceleration, center_fraction, mask_type, n_slices,
                               noise_level, readout_oversampling, with_noise_scan, seed, noise_correlation,
-                              fov_mm)
+                              fov_mm, content)
 
 
 def simulate_cartesian_3d(shape: int | tuple[int, int, int] = (64, 64, 64), n_coils: int = 8,
@@ -449,7 +464,8 @@ def simulate_to_file(path: str | Path, trajectory: str = "cartesian", coils: int
                      matrix: int | None = None, slices: int = 1, noise: float = 0.01, seed: int = 0,
                      fmt: str = "ismrmrd", center_fraction: float = 0.08,
                      mask_type: str = "equispaced_fraction", readout_oversampling: int = 2,
-                     noise_scan: bool = True, partitions: int | None = None) -> Simulation:
+                     noise_scan: bool = True, partitions: int | None = None,
+                     content: str = "textured") -> Simulation:
     """Simulate and write in one call (the ``mrdserve simulate`` command); returns the simulation.
 
     ``matrix`` is the in-plane size N (default 256 in 2D, 64 for the 3D trajectories); ``partitions`` is the
@@ -467,9 +483,11 @@ def simulate_to_file(path: str | Path, trajectory: str = "cartesian", coils: int
         raise ValueError(f"partitions applies to the 3D trajectories ({', '.join(TRAJECTORIES_3D)}) only, "
                          f"not {trajectory!r}")
     n = int(matrix) if matrix is not None else (DEFAULT_MATRIX_3D if is_3d else DEFAULT_MATRIX_2D)
+    if content != "textured" and trajectory != "cartesian":
+        raise ValueError(f"content {content!r} is simulated for 2D Cartesian data only, not {trajectory!r}")
     if trajectory == "cartesian":
         sim = simulate_cartesian(n, coils, acceleration, center_fraction, mask_type, slices, noise,
-                                 readout_oversampling, noise_scan, seed)
+                                 readout_oversampling, noise_scan, seed, content=content)
     elif trajectory == "cartesian3d":
         sim = simulate_cartesian_3d((partitions or n, n, n), coils, acceleration, center_fraction, mask_type,
                                     slices, noise, readout_oversampling, noise_scan, seed)

@@ -37,18 +37,20 @@ CALIBRATION_LINES = 16  # Cartesian cells acquire at least this many ACS lines (
 
 @dataclass(frozen=True)
 class Grid:
-    """Grid points per axis and slices per cell; ``noise`` are simulator noise levels (relative)."""
+    """Grid points per axis and slices per cell; ``noise`` are simulator noise levels (relative); ``content``:
+    the phantoms' image content ("mixed": a textured anatomy and a piecewise-constant object in every cell)."""
 
     matrix: tuple[int, ...]
     coils: tuple[int, ...]
     acceleration: tuple[float, ...]
     noise: tuple[float, ...]
     slices: int = 2
+    content: str = "textured"
 
 
 GRIDS = {
     "standard": Grid(matrix=(96, 160, 256), coils=(2, 8, 16), acceleration=(1.0, 2.0, 4.0, 8.0),
-                     noise=(0.005, 0.03)),
+                     noise=(0.005, 0.03), content="mixed"),
     # non-Cartesian cells cost a density estimate and NUFFT-based solvers each: one slice, up to 192
     "standard-noncartesian": Grid(matrix=(96, 128, 192), coils=(2, 8, 16), acceleration=(2.0, 4.0, 8.0),
                                   noise=(0.005, 0.03), slices=1),
@@ -80,13 +82,13 @@ def calibration_fraction(matrix: int, acceleration: float) -> float:
 
 
 def _held_out_slices(task: str, trajectory: str, matrix: int, coils: int, acceleration: float, noise: float,
-                     slices: int, seed: int) -> list[tuple[KSpaceSample, np.ndarray]]:
+                     slices: int, seed: int, content: str) -> list[tuple[KSpaceSample, np.ndarray]]:
     """Simulated slices through the serving reader with their ground-truth magnitudes."""
     with tempfile.TemporaryDirectory(prefix="mrdserve-envelope-") as tmp:
         path = Path(tmp) / "cell.h5"
         simulate_to_file(path, trajectory=trajectory, coils=coils, acceleration=acceleration, matrix=matrix,
                          slices=slices, noise=noise, seed=seed, noise_scan=True,
-                         center_fraction=calibration_fraction(matrix, acceleration))
+                         center_fraction=calibration_fraction(matrix, acceleration), content=content)
         _, samples = read_ismrmrd(path)
         truth = read_ground_truth(path).abs().numpy().astype(np.float64)
     return list(zip(samples, truth, strict=True))
@@ -121,7 +123,7 @@ def validate_envelope(artifact_dir: str | Path, manifest: dict[str, Any], grid: 
                 for noise_index, noise in enumerate(grid.noise):
                     seed += 1
                     held_out = _held_out_slices(task, trajectory, matrix, coils, acceleration, noise,
-                                                grid.slices, seed)
+                                                grid.slices, seed, grid.content)
                     model_scores, classical_scores = [], {m: [] for m in methods}
                     for sample, truth in held_out:
                         measured_noise[noise_index].append(relative_noise(sample))

@@ -23,7 +23,7 @@ SCHEDULERS = ("none", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 # data.generator keys: SyntheticDataset's simulation parameters, or the retrospective mask of file datasets.
 SYNTHETIC_GENERATOR_KEYS = ("matrix", "coils", "acceleration", "trajectory", "mask_type", "center_fraction",
-                            "noise_level", "ismrmrd_path")
+                            "noise_level", "ismrmrd_path", "content")
 FILE_GENERATOR_KEYS = ("mask_type", "center_fractions", "accelerations")
 
 

@@ -170,7 +170,8 @@ class SyntheticDataset(Dataset):
     tasks force ``coils`` = 1. ``preparation``/``params`` default to the task's preparation and its defaults.
 
     Varied data (Cartesian): a list for ``matrix`` (three or more sizes N; two are (y, x)), ``coils`` or
-    ``mask_type`` draws one entry per example; a ``[low, high]`` pair for ``acceleration`` or
+    ``mask_type`` or ``content`` ("textured" anatomy or "piecewise"-constant objects) draws one entry per
+    example; a ``[low, high]`` pair for ``acceleration`` or
     ``center_fraction`` draws uniformly and for ``noise_level`` log-uniformly. With ``ismrmrd_path`` each
     example is written as an ISMRMRD file with a noise scan (correlated coil noise) and 2x readout oversampling
     and read back through the serving reader (prewhitening, oversampling removal), so training sees exactly
@@ -181,7 +182,8 @@ class SyntheticDataset(Dataset):
                  acceleration: Choice = 4.0, trajectory: str | None = None,
                  mask_type: Choice = "equispaced_fraction", center_fraction: Choice = 0.08,
                  noise_level: Choice = 0.01, seed: int = 0, preparation: str | None = None,
-                 params: dict[str, Any] | None = None, ismrmrd_path: bool = False) -> None:
+                 params: dict[str, Any] | None = None, ismrmrd_path: bool = False,
+                 content: Choice = "textured") -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
         allowed = SYNTHETIC_TRAJECTORIES[task]
@@ -211,6 +213,10 @@ class SyntheticDataset(Dataset):
             if kind not in MASK_TYPES:
                 raise ValueError(f"mask_type must be one of {', '.join(MASK_TYPES)}, got {kind!r}")
         self.mask_type = self.mask_types[0]
+        self.contents = [str(c) for c in _choices(content, "content", varied)]
+        for kind in self.contents:
+            if kind not in ("textured", "piecewise"):
+                raise ValueError(f"content must be textured or piecewise, got {kind!r}")
         self.acceleration_range = _range(acceleration, "acceleration", varied)
         self.center_fraction_range = _range(center_fraction, "center_fraction", varied)
         self.noise_range = _range(noise_level, "noise_level", varied)
@@ -244,7 +250,9 @@ class SyntheticDataset(Dataset):
                 "mask_type": self.mask_types[int(rng.integers(len(self.mask_types)))],
                 "acceleration": float(rng.uniform(*self.acceleration_range)),
                 "center_fraction": float(rng.uniform(*self.center_fraction_range)),
-                "noise_level": noise, "seed": seed}
+                "noise_level": noise, "seed": seed,
+                "content": self.contents[int(rng.integers(len(self.contents)))] if len(self.contents) > 1
+                else self.contents[0]}
 
     def simulate(self, index: int) -> Simulation:
         """The simulation behind example ``index`` (one slice or volume)."""
@@ -255,7 +263,8 @@ class SyntheticDataset(Dataset):
                                       noise_level=drawn["noise_level"],
                                       readout_oversampling=2 if self.ismrmrd_path else 1,
                                       with_noise_scan=self.ismrmrd_path, seed=drawn["seed"],
-                                      noise_correlation=0.3 if self.ismrmrd_path else 0.2)
+                                      noise_correlation=0.3 if self.ismrmrd_path else 0.2,
+                                      content=drawn["content"])
         return simulate_noncartesian(self.trajectory, drawn["matrix"], drawn["coils"], drawn["acceleration"],
                                      noise_level=drawn["noise_level"], with_noise_scan=False, seed=drawn["seed"])
 
@@ -300,6 +309,8 @@ class SyntheticDataset(Dataset):
                      "trajectory": self.trajectory, "mask_type": self.mask_type,
                      "center_fraction": self.center_fraction, "noise_level": self.noise_level, "seed": self.seed,
                      "preparation": self.preparation, "params": self.params}
+        if len(self.contents) > 1 or self.contents != ["textured"]:
+            described["contents"] = self.contents
         if (len(self.matrices) > 1 or len(self.coil_choices) > 1 or len(self.mask_types) > 1 or self.ismrmrd_path
                 or any(lo != hi for lo, hi in (self.acceleration_range, self.center_fraction_range,
                                                self.noise_range))):

@@ -164,5 +164,8 @@ def test_varied_synthetic_data_go_through_the_ismrmrd_path():
     sample, target = full.sample(0), full.target(0)
     combined = rss(ifftnc(sample.kspace[None], 2), dim=1)[0]
     assert float((combined - target).norm() / target.norm()) < 0.05
+    families = SyntheticDataset("cartesian2d-multicoil", 8, matrix=[32, 48, 64], content=["textured", "piecewise"],
+                                seed=5)
+    assert {families.draw(i)["content"] for i in range(8)} == {"textured", "piecewise"}
     with pytest.raises(ValueError, match="log-uniformly"):
         SyntheticDataset("cartesian2d-multicoil", 2, matrix=[32, 48, 64], noise_level=[0.0, 0.01])
