@@ -28,7 +28,7 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("artifact", metavar="ARTIFACT_DIR", help="artifact directory (<name>-<version>/)")
     parser.add_argument("--grid", choices=("standard", "quick"), default="standard",
                         help="standard: matrix 96/160/256, coils 2/8/16, R 1/2/4/8, two noise levels, 2 slices "
-                             "per cell (non-Cartesian: matrix 96/128/192, R 2/4/8, 1 slice; minutes on a CPU); "
+                             "per cell (non-Cartesian: R 2/4/8, 1 slice; minutes on a CPU); "
                              "quick: a smoke-test grid")
     return parser
 

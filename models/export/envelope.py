@@ -51,8 +51,8 @@ class Grid:
 GRIDS = {
     "standard": Grid(matrix=(96, 160, 256), coils=(2, 8, 16), acceleration=(1.0, 2.0, 4.0, 8.0),
                      noise=(0.005, 0.03), content="mixed"),
-    # non-Cartesian cells cost a density estimate and NUFFT-based solvers each: one slice, up to 192
-    "standard-noncartesian": Grid(matrix=(96, 128, 192), coils=(2, 8, 16), acceleration=(2.0, 4.0, 8.0),
+    # non-Cartesian cells cost a density estimate and NUFFT-based solvers each: one slice per cell
+    "standard-noncartesian": Grid(matrix=(96, 160, 256), coils=(2, 8, 16), acceleration=(2.0, 4.0, 8.0),
                                   noise=(0.005, 0.03), slices=1),
     "quick": Grid(matrix=(64,), coils=(4,), acceleration=(1.0, 4.0), noise=(0.01,), slices=1),
 }
