@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from service.config import ServiceConfig
-from service.engine.plan import CLASSICAL_METHODS as METHODS
+from service.engine.plan import CLASSICAL_METHOD_NAMES as METHODS
 from service.outputs.ismrmrd_images import IMAGE_DTYPES
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")

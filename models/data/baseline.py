@@ -15,6 +15,7 @@ Images come back as magnitudes cropped to the header's recon matrix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,7 @@ from models.physics.fft import ifftnc
 from models.physics.grappa import grappa_rss
 from models.physics.noise_level import kspace_noise_variance, samples_noise_variance, tikhonov_weight
 from models.physics.nufft import NufftOp
+from models.physics.prepare_cartesian import acs_from_mask
 from models.physics.sense import sense_adjoint, sense_normal
 from models.physics.sensitivities import sensitivities_noncartesian
 
@@ -77,19 +79,11 @@ def calibration_lines(sample: KSpaceSample) -> torch.Tensor | None:
             return acs  # flags that miss the k-space centre are not usable: detect from the mask instead
     if lines.dim() != 1:  # 3D without flags: the whole grid only when fully sampled
         return lines if bool(lines.all()) else None
-    centre = lines.numel() // 2
-    if not bool(lines[centre]):
+    try:
+        acs = acs_from_mask(lines[None, None, :, None])[0, 0, :, 0]  # the contiguous run around ky // 2
+    except ValueError:  # the centre line is not acquired
         return None
-    lo, hi = centre, centre + 1
-    while lo > 0 and bool(lines[lo - 1]):
-        lo -= 1
-    while hi < lines.numel() and bool(lines[hi]):
-        hi += 1
-    if hi - lo < min(MIN_CALIBRATION_LINES, lines.numel()):
-        return None
-    acs = torch.zeros_like(lines)
-    acs[lo:hi] = True
-    return acs
+    return acs if int(acs.sum()) >= min(MIN_CALIBRATION_LINES, lines.numel()) else None
 
 
 def is_fully_sampled(sample: KSpaceSample) -> bool:
@@ -119,6 +113,23 @@ def _choose(sample: KSpaceSample, method: str) -> str:
     return AUTO_ACCELERATED if sample.n_spatial == 2 else "cg-sense"
 
 
+def _check_applicable(sample: KSpaceSample, method: str) -> None:
+    """ValueError naming why ``method`` cannot reconstruct ``sample`` (checked before any work is done)."""
+    if method == "grappa" and not sample.is_cartesian:
+        raise ValueError("grappa needs Cartesian data; use cg-sense or l1-wavelet for non-Cartesian data")
+    if method in ("grappa", "l1-wavelet") and sample.n_spatial != 2:
+        raise ValueError(f"{method} reconstructs 2D slices; use cg-sense for 3D data")
+
+
+def _solve(method: str, normal: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, noise_variance: float,
+           n_iter: int) -> torch.Tensor:
+    """The regularised inverse problem (A^H A, A^H y) by l1-wavelet FISTA or Tikhonov CG: magnitude."""
+    if method == "l1-wavelet":
+        return l1_wavelet(normal, rhs, DEFAULT_RELATIVE_LAMBDA, noise_std=noise_variance ** 0.5)[0].abs()
+    l2 = TIKHONOV_FACTOR * tikhonov_weight(noise_variance, rhs)
+    return conjugate_gradient(normal, rhs, n_iter=n_iter, l2=l2)[0].abs()
+
+
 def _line_mask(lines: torch.Tensor) -> torch.Tensor:
     """Lines ``[(kz,) ky]`` as a mask broadcastable to k-space ``[B, C, (kz,) ky, kx]``."""
     return lines[..., None]
@@ -135,11 +146,7 @@ def _cartesian(sample: KSpaceSample, method: str, device: torch.device, n_iter: 
     lines = sampled_lines(sample).to(device)
     acs = acs.to(device)
     if method == "grappa":
-        if sample.n_spatial != 2:
-            raise ValueError("grappa reconstructs 2D Cartesian slices; use cg-sense for 3D data")
         return grappa_rss(kspace[0], lines, acs)
-    if method == "l1-wavelet" and sample.n_spatial != 2:
-        raise ValueError("l1-wavelet reconstructs 2D slices; use cg-sense for 3D data")
     mask = _line_mask(lines).to(kspace.real.dtype)
     smaps = espirit(kspace, _line_mask(acs))
     rhs = sense_adjoint(kspace, smaps, mask)
@@ -148,17 +155,10 @@ def _cartesian(sample: KSpaceSample, method: str, device: torch.device, n_iter: 
         return sense_normal(x, smaps, mask)
 
     noise = 1.0 if sample.prewhitened else kspace_noise_variance(kspace[0][:, lines])
-    if method == "l1-wavelet":
-        return l1_wavelet(normal, rhs, DEFAULT_RELATIVE_LAMBDA, noise_std=noise ** 0.5)[0].abs()
-    l2 = TIKHONOV_FACTOR * tikhonov_weight(noise, rhs)
-    return conjugate_gradient(normal, rhs, n_iter=n_iter, l2=l2)[0].abs()
+    return _solve(method, normal, rhs, noise, n_iter)
 
 
 def _noncartesian(sample: KSpaceSample, method: str, device: torch.device, n_iter: int) -> torch.Tensor:
-    if method == "grappa":
-        raise ValueError("grappa needs Cartesian data; use cg-sense or l1-wavelet for non-Cartesian data")
-    if method == "l1-wavelet" and sample.n_spatial != 2:
-        raise ValueError("l1-wavelet reconstructs 2D slices; use cg-sense for 3D data")
     trajectory = sample.trajectory.to(device)
     if sample.density is None:
         density = pipe_menon_density(trajectory, sample.matrix, device=device)
@@ -177,11 +177,7 @@ def _noncartesian(sample: KSpaceSample, method: str, device: torch.device, n_ite
 
     noise = 1.0 if sample.prewhitened else samples_noise_variance(data[0], trajectory)
     # Weighted least squares: the residual's noise is scaled by the density weights, on average by their median.
-    weighted_noise = noise * float(coil_op.density.median())
-    if method == "l1-wavelet":
-        return l1_wavelet(normal, rhs, DEFAULT_RELATIVE_LAMBDA, noise_std=weighted_noise ** 0.5)[0].abs()
-    l2 = TIKHONOV_FACTOR * tikhonov_weight(weighted_noise, rhs)
-    return conjugate_gradient(normal, rhs, n_iter=n_iter, l2=l2)[0].abs()
+    return _solve(method, normal, rhs, noise * float(coil_op.density.median()), n_iter)
 
 
 def classical_reconstruction(sample: KSpaceSample, method: str = "auto", device: str | torch.device = "cpu",
@@ -198,6 +194,7 @@ def classical_reconstruction(sample: KSpaceSample, method: str = "auto", device:
         except ValueError:
             pass
     chosen = _choose(sample, method)
+    _check_applicable(sample, chosen)
     device = torch.device(device)
     with torch.no_grad():
         if sample.is_cartesian:

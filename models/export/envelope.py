@@ -13,6 +13,7 @@ The noise axis is ``models.data.envelope.relative_noise``, measured the same way
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -103,6 +104,27 @@ def _model_image(model: Any, manifest: dict[str, Any], sample: KSpaceSample) -> 
     return output_to_image(output, prepared.scale, prepared.recon_matrix)[0].numpy().astype(np.float64)
 
 
+def _score_cell(model: Any, manifest: dict[str, Any], held_out: list[tuple[KSpaceSample, np.ndarray]],
+                methods: tuple[str, ...]) -> dict[str, Any]:
+    """The model's and the best classical method's mean scores over a cell's slices, and whether it is served."""
+    model_scores, classical_scores = [], {m: [] for m in methods}
+    for sample, truth in held_out:
+        model_scores.append(_scores(truth, _model_image(model, manifest, sample)))
+        for method in methods:
+            try:
+                image = classical_reconstruction(sample, method).image.numpy().astype(np.float64)
+            except ValueError:  # a method that does not apply to these data (e.g. GRAPPA at R=1)
+                continue
+            classical_scores[method].append(_scores(truth, image))
+    model_psnr, model_ssim = (float(v) for v in np.mean(model_scores, axis=0))
+    means = {m: np.mean(s, axis=0) for m, s in classical_scores.items() if s}
+    best = max(means, key=lambda m: means[m][0])
+    best_psnr, best_ssim = (float(v) for v in means[best])
+    return {"psnr": round(model_psnr, 3), "ssim": round(model_ssim, 4),
+            "classical": {"method": best, "psnr": round(best_psnr, 3), "ssim": round(best_ssim, 4)},
+            "serve": serves(model_psnr, model_ssim, best_psnr, best_ssim)}
+
+
 def validate_envelope(artifact_dir: str | Path, manifest: dict[str, Any], grid: Grid) -> dict[str, Any]:
     """Run the grid for the artifact in ``artifact_dir`` (its ``model.ts``) and return the envelope entry."""
     task = manifest["task"]
@@ -114,38 +136,17 @@ def validate_envelope(artifact_dir: str | Path, manifest: dict[str, Any], grid: 
         model = torch.jit.load(str(Path(artifact_dir) / "model.ts"), map_location="cpu").eval()
     methods = CLASSICAL_METHODS["cartesian" if trajectory == "cartesian" else "noncartesian"]
     accelerations = [a for a in grid.acceleration if trajectory == "cartesian" or a > 1.0]
+    coil_counts = (1,) if task.endswith("singlecoil") else grid.coils
     cells: list[dict[str, Any]] = []
     measured_noise: dict[int, list[float]] = {i: [] for i in range(len(grid.noise))}
-    seed = ENVELOPE_SEED
-    for matrix in grid.matrix:
-        for coils in (1,) if task.endswith("singlecoil") else grid.coils:
-            for acceleration in accelerations:
-                for noise_index, noise in enumerate(grid.noise):
-                    seed += 1
-                    held_out = _held_out_slices(task, trajectory, matrix, coils, acceleration, noise,
-                                                grid.slices, seed, grid.content)
-                    model_scores, classical_scores = [], {m: [] for m in methods}
-                    for sample, truth in held_out:
-                        measured_noise[noise_index].append(relative_noise(sample))
-                        model_scores.append(_scores(truth, _model_image(model, manifest, sample)))
-                        for method in methods:
-                            try:
-                                image = classical_reconstruction(sample, method).image.numpy().astype(np.float64)
-                            except ValueError:  # a method that does not apply to these data (e.g. GRAPPA at R=1)
-                                continue
-                            classical_scores[method].append(_scores(truth, image))
-                    model_mean = np.mean(model_scores, axis=0)
-                    means = {m: np.mean(s, axis=0) for m, s in classical_scores.items() if s}
-                    best = max(means, key=lambda m: means[m][0])
-                    cells.append({
-                        "matrix": matrix, "coils": coils, "acceleration": acceleration, "noise": noise_index,
-                        "slices": len(held_out), "psnr": round(float(model_mean[0]), 3),
-                        "ssim": round(float(model_mean[1]), 4),
-                        "classical": {"method": best, "psnr": round(float(means[best][0]), 3),
-                                      "ssim": round(float(means[best][1]), 4)},
-                        "serve": serves(float(model_mean[0]), float(model_mean[1]), float(means[best][0]),
-                                        float(means[best][1])),
-                    })
+    points = itertools.product(grid.matrix, coil_counts, accelerations, enumerate(grid.noise))
+    for seed, (matrix, coils, acceleration, (noise_index, noise)) in enumerate(points, start=ENVELOPE_SEED + 1):
+        held_out = _held_out_slices(task, trajectory, matrix, coils, acceleration, noise, grid.slices, seed,
+                                    grid.content)
+        measured_noise[noise_index] += [relative_noise(sample) for sample, _ in held_out]
+        cell = _score_cell(model, manifest, held_out, methods)
+        cells.append({"matrix": matrix, "coils": coils, "acceleration": acceleration, "noise": noise_index,
+                      "slices": len(held_out), **cell})
     # noise levels are stored in the order of their measured medians (cells refer to that rank)
     medians = [float(np.median(measured_noise[i])) for i in range(len(grid.noise))]
     order = sorted(range(len(grid.noise)), key=lambda i: medians[i])

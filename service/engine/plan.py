@@ -20,7 +20,7 @@ from models.physics.nufft import trajectory_hash
 from service.artifacts import Artifact, choose, mismatch
 
 CLASSICAL = "classical"
-CLASSICAL_METHODS = METHODS  # the classical methods a request may name (models.data.baseline)
+CLASSICAL_METHOD_NAMES = METHODS  # the classical methods a request may name (models.data.baseline.METHODS)
 
 
 @dataclass(frozen=True)
