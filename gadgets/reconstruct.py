@@ -25,8 +25,11 @@ from gadgets.settings import GadgetSettings
 from models.data.acquisitions import AcquisitionAssembler
 from models.data.ismrmrd_header import encoding_info, header_to_xml, parse_header
 from models.data.sample import KSpaceSample
+from service.admission import StreamBudget, admit_header, check_samples
 from service.engine.engine import Engine
 from service.engine.result import ReconResult
+from service.log import log_event
+from service.memory import release_memory
 from service.mrd.protocol import MessageId, ProtocolError
 from service.outputs.ismrmrd_images import to_ismrmrd_images
 
@@ -89,6 +92,7 @@ class GadgetSession:
         self._assembler: AcquisitionAssembler | None = None
         self._pending_noise: list[ismrmrd.Acquisition] = []
         self._headers_by_readout: dict[int, Any] = {}  # header_for_readout per readout length (re-parses XML)
+        self._budget: StreamBudget | None = None
 
     # -- entry -------------------------------------------------------------------------------------------------
 
@@ -99,12 +103,14 @@ class GadgetSession:
             return True
         except Exception as error:
             reason = f"mrdserve gadget: {type(error).__name__}: {error}"[:MAX_REASON_CHARS]
-            log.error("%s (after %d image(s))", reason, self.images_sent)
+            log_event(log, "gadget_failed", logging.ERROR, reason=reason, images_sent=self.images_sent)
             self.connection.send_error(reason)
             self.connection.discard_pending()
             return False
         finally:
             self.connection.close()
+            self._assembler = None
+            release_memory()
 
     def _serve(self) -> None:
         if self.settings is None:
@@ -112,7 +118,9 @@ class GadgetSession:
         if self.settings.read_timeout_s is not None:
             self.connection.read_timeout_s = self.settings.read_timeout_s
             self.connection.sock.settimeout(self.settings.read_timeout_s)
-        self.header = parse_header(self.connection.header_text)
+        budget = self.settings.service_config().budget
+        self.header = admit_header(self.connection.header_text, budget)
+        self._budget = StreamBudget(self.header, budget)
         if self.run_samples is None:
             engine = self.engine if self.engine is not None else shared_engine(self.settings)
             engine.load()
@@ -152,6 +160,8 @@ class GadgetSession:
                                 f"acquisitions (1008) or ReconData (1023)")
 
     def _add_acquisition(self, acq: ismrmrd.Acquisition) -> list[KSpaceSample]:
+        assert self._budget is not None
+        self._budget.check_acquisition(int(acq.active_channels), int(acq.number_of_samples))
         if self._assembler is None:
             if acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
                 self._pending_noise.append(acq)  # the assembler's header depends on the first data readout
@@ -161,7 +171,9 @@ class GadgetSession:
             for noise in self._pending_noise:
                 self._assembler.add(noise)
             self._pending_noise.clear()
-        return self._assembler.add(acq)
+        samples = self._assembler.add(acq)
+        self._budget.check_buffered(self._assembler.buffered_bytes)
+        return samples
 
     def _header_for_readout(self, number_of_samples: int) -> Any:
         """``header_for_readout`` once per readout length: ReconData brings one bit per slice, same length."""
@@ -189,6 +201,7 @@ class GadgetSession:
     def _reconstruct(self, samples: list[KSpaceSample]) -> None:
         if not samples:
             return
+        check_samples(samples)
         assert self.run_samples is not None and self.settings is not None
         results = self.run_samples(samples)
         images = to_ismrmrd_images(results, self.header, series_index=self.settings.series_index,

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import h5py
-import torch
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -35,21 +34,26 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.data.baseline import METHODS
-from models.data.ismrmrd_header import encoding_info, parse_header
+from models.data.input_errors import InputError, LimitError
 from models.data.ismrmrd_io import read_ismrmrd
 from models.data.sample import KSpaceSample
+from service.admission import Budget, admit_file, check_samples
 from service.config import ServiceConfig
 from service.log import log_event, new_request_id, request_id_var
+from service.memory import release_memory
 from service.metrics import render
 from service.pacs import PacsTarget, PushReport, dicom_files_in_zip, push
+from service.slow_clients import BodyReadTimeout
 from service.spool import FAILED, SUCCEEDED, Job, JobSpool, SpoolFullError
 
 logger = logging.getLogger("mrdserve.api")
 
 UPLOAD_FIELD = "file"
-SUPPORTED_TRAJECTORIES = ("cartesian", "radial", "goldenangle", "spiral")
-MULTIPART_SLACK = 64 * 1024  # multipart framing around the file part, allowed on top of the upload limit
+MULTIPART_SLACK = 64 * 1024  # multipart framing and other fields around the file part, on top of the upload limit
+MAX_MULTIPART_PARTS = 16  # a form with the file and a few small fields; more is not a client of ours
+MAX_PART_HEADER_BYTES = 8 * 1024
 EXPIRY_INTERVAL_S = 60.0
+RECONSTRUCTION_PARAMETERS = ("format", "artifact", "group", "method", "mode")
 
 
 class OutputFormat(StrEnum):
@@ -110,12 +114,20 @@ async def _receive_multipart(request: Request, boundary: bytes | None, write: Ca
     """Feed the body through a streaming multipart parser, writing only the ``file`` part; whether it was found."""
     if not boundary:
         raise ApiError(400, "bad_multipart", "multipart/form-data upload without a boundary")
-    state = {"field": b"", "value": b"", "headers": {}, "target": False, "found": False}
+    state = {"field": b"", "value": b"", "headers": {}, "target": False, "found": False, "parts": 0, "other": 0,
+             "header_bytes": 0}
+
+    def count_header(size: int) -> None:
+        state["header_bytes"] += size
+        if state["header_bytes"] > MAX_PART_HEADER_BYTES:
+            raise ApiError(400, "bad_multipart", f"a multipart part's headers exceed {MAX_PART_HEADER_BYTES} bytes")
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
+        count_header(end - start)
         state["field"] += data[start:end]
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
+        count_header(end - start)
         state["value"] += data[start:end]
 
     def on_header_end() -> None:
@@ -123,6 +135,11 @@ async def _receive_multipart(request: Request, boundary: bytes | None, write: Ca
         state["field"] = state["value"] = b""
 
     def on_headers_finished() -> None:
+        state["parts"] += 1
+        state["header_bytes"] = 0
+        if state["parts"] > MAX_MULTIPART_PARTS:
+            raise ApiError(400, "bad_multipart", f"the multipart upload has more than {MAX_MULTIPART_PARTS} parts; "
+                                                 f"send the ISMRMRD file as field {UPLOAD_FIELD!r}")
         _, disposition = parse_options_header(state["headers"].get(b"content-disposition", b""))
         state["target"] = disposition.get(b"name") == UPLOAD_FIELD.encode() and not state["found"]
         state["found"] = state["found"] or state["target"]
@@ -131,6 +148,11 @@ async def _receive_multipart(request: Request, boundary: bytes | None, write: Ca
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if state["target"]:
             write(data[start:end])
+            return
+        state["other"] += end - start
+        if state["other"] > MULTIPART_SLACK:
+            raise ApiError(413, "too_large", f"the multipart fields other than {UPLOAD_FIELD!r} exceed "
+                                             f"{MULTIPART_SLACK} bytes", {"Connection": "close"})
 
     def on_part_end() -> None:
         state["target"] = False
@@ -150,48 +172,28 @@ async def _receive_multipart(request: Request, boundary: bytes | None, write: Ca
 
 
 # ------------------------------------------------------------------------------------------------ ingest
-def ingest(path: Path, group: str) -> tuple[Any, list[KSpaceSample]]:
-    """Read an uploaded ISMRMRD file into samples; ``ApiError`` (4xx) naming what is wrong with it."""
-    if not h5py.is_hdf5(path):
-        raise ApiError(415, "not_hdf5", "the upload is not an HDF5 file; send an ISMRMRD HDF5 file (.h5)")
+def ingest(path: Path, group: str, budget: Budget) -> tuple[Any, list[KSpaceSample]]:
+    """Read an uploaded ISMRMRD file into samples, admitted by its declared sizes first; ``ApiError`` (4xx)."""
     try:
-        with h5py.File(path, "r") as f:
-            if group not in f or not isinstance(f[group], h5py.Group):
-                raise ApiError(422, "no_ismrmrd_dataset", f"the HDF5 file has no ISMRMRD dataset group {group!r} "
-                                                          f"(top-level groups: {sorted(f)}); choose one with ?group=")
-            dataset = f[group]
-            if "xml" not in dataset:
-                raise ApiError(422, "no_ismrmrd_header", f"the HDF5 group {group!r} has no ISMRMRD header ('xml' "
-                                                         f"dataset); is this an ISMRMRD file?")
-            xml = dataset["xml"][0]
-            has_data = "data" in dataset and dataset["data"].size > 0
-    except OSError as error:
-        raise ApiError(422, "unreadable_hdf5",
-                       f"the HDF5 file cannot be read (truncated or corrupt): {error}") from error
-    try:
-        parsed = parse_header(xml.decode("utf-8", "replace") if isinstance(xml, bytes) else xml)
-        trajectory = encoding_info(parsed)
-    except ValueError as error:
-        raise ApiError(422, "invalid_ismrmrd_header", f"the ISMRMRD header cannot be used: {error}") from error
-    if trajectory.trajectory not in SUPPORTED_TRAJECTORIES:
-        raise ApiError(422, "unsupported_trajectory", f"trajectory {trajectory.trajectory!r} in the ISMRMRD header "
-                                                      f"is not supported; supported: "
-                                                      f"{', '.join(SUPPORTED_TRAJECTORIES)}")
-    if not has_data:
-        raise ApiError(422, "no_data", f"the ISMRMRD dataset {group!r} holds a header but no acquisitions")
-    try:
-        header, samples = read_ismrmrd(path, dataset=group, header=parsed)
-    except ValueError as error:
+        declaration = admit_file(path, group, budget)
+        header, samples = read_ismrmrd(path, dataset=group, header=declaration.header)
+        check_samples(samples)
+    except InputError as error:
+        raise input_error(error, str(path)) from None
+    except ValueError as error:  # the assembler's consistency checks (lines outside the matrix, ...)
         message = str(error).replace(str(path), "the upload")
-        code = "no_data" if "no data acquisitions" in message or "holds no acquisitions" in message \
-            else "inconsistent_data"
-        raise ApiError(422, code, f"the ISMRMRD data cannot be reconstructed: {message}") from error
-    for sample in samples:
-        if not bool(torch.isfinite(torch.view_as_real(sample.kspace)).all()):
-            raise ApiError(422, "non_finite_data", f"the k-space of slice {sample.index.slice} (contrast "
-                                                   f"{sample.index.contrast}, repetition {sample.index.repetition}) "
-                                                   f"holds NaN or infinite values")
+        code = "no_data" if "no data acquisitions" in message else "inconsistent_data"
+        raise ApiError(422, code, f"the ISMRMRD data cannot be reconstructed: {message}") from None
+    finally:
+        release_memory()
     return header, samples
+
+
+def input_error(error: InputError, path: str = "") -> ApiError:
+    """The HTTP error for an input error: 413 beyond a limit, 415 not HDF5, 422 otherwise."""
+    status = 413 if isinstance(error, LimitError) else 415 if error.code == "not_hdf5" else 422
+    message = str(error).replace(path, "the upload") if path else str(error)
+    return ApiError(status, error.code, message)
 
 
 def package(results: list[Any], header: Any, fmt: str, work_dir: Path) -> Any:
@@ -201,6 +203,57 @@ def package(results: list[Any], header: Any, fmt: str, work_dir: Path) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ app
+DOCS_ASSETS = "/docs-assets"
+
+
+def serve_docs_locally(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` from assets installed with fastapi-offline, never from a CDN, so the
+    API documentation works in a hospital network without internet access."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> Response:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="mrdserve API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+                                   swagger_ui_parameters={"validatorUrl": None})  # no badge from the internet
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> Response:
+        return get_redoc_html(openapi_url=app.openapi_url or "/openapi.json", title="mrdserve API",
+                              redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+
+
+def only_query(*names: str) -> Callable[[Request], Awaitable[None]]:
+    """A dependency refusing (422) query parameters other than ``names``, and any given twice."""
+    allowed = set(names)
+
+    async def check(request: Request) -> None:
+        keys = [key for key, _ in request.query_params.multi_items()]
+        unknown = sorted({key[:50] for key in keys if key not in allowed})
+        if unknown:
+            known = (f"; this endpoint takes {', '.join(sorted(allowed))}" if allowed
+                     else "; this endpoint takes no query parameters")
+            raise ApiError(422, "unknown_parameter", f"unknown query parameter(s): {', '.join(unknown)}{known}")
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise ApiError(422, "repeated_parameter", f"query parameter(s) given more than once: "
+                                                      f"{', '.join(repeated)}")
+
+    return check
+
+
+RECONSTRUCTION_QUERY = only_query(*RECONSTRUCTION_PARAMETERS)
+NO_QUERY = only_query()
+
+
 def _error_response(error: ApiError) -> JSONResponse:
     body = {"error": error.code, "message": error.message, "request_id": request_id_var.get()}
     return JSONResponse(body, status_code=error.status, headers=error.headers)
@@ -241,13 +294,14 @@ def _engine_error_types() -> tuple[type[BaseException], type[BaseException]]:
     return QueueFullError, ReconstructionError
 
 
-def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
-    """The FastAPI app serving ``engine`` (built from ``config`` and started with the app when None)."""
+def create_app(config: ServiceConfig, engine: Any = None, spool: JobSpool | None = None) -> FastAPI:
+    """The FastAPI app serving ``engine`` (built from ``config`` and started with the app when None); ``spool``
+    (default: one at ``config.spool_dir``) is owned by the app while it runs."""
     if engine is None:
         from service.engine.engine import Engine
         engine = Engine(config)
     queue_full_error, reconstruction_error = _engine_error_types()
-    spool = JobSpool(config.spool_dir, config.spool_max_bytes, config.result_ttl_s)
+    spool = spool or JobSpool(config.spool_dir, config.spool_max_bytes, config.result_ttl_s)
     work_root = Path(config.spool_dir) / "work"
     state: dict[str, Any] = {"start_error": None, "tasks": set()}
     job_queue: asyncio.Queue[str] = asyncio.Queue()
@@ -283,6 +337,7 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        spool.acquire()  # SpoolInUseError: another instance runs these jobs; refuse to start
         shutil.rmtree(work_root, ignore_errors=True)
         work_root.mkdir(parents=True, exist_ok=True)
         background = [asyncio.create_task(start_engine()), asyncio.create_task(expire_results())]
@@ -294,10 +349,15 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await engine.shutdown()
+            spool.release()
             log_event(logger, "stopped")
 
-    app = FastAPI(title="mrdserve", version="1", lifespan=lifespan, description=(
+    app = FastAPI(title="mrdserve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, description=(
         "Online MRI reconstruction: POST an ISMRMRD HDF5 file, get DICOM, NIfTI, ISMRMRD images or PNG back."))
+    serve_docs_locally(app)
+    app.add_middleware(BodyReadTimeout, timeout_s=config.read_timeout_s, on_timeout=lambda seconds: ApiError(
+        408, "read_timeout", f"the request body stopped arriving for {seconds:g} s (MRDSERVE_READ_TIMEOUT_S)",
+        {"Connection": "close"}))
     app.add_middleware(RequestContext)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
@@ -318,6 +378,12 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
         return _error_response(ApiError(error.status_code, "http_error", str(error.detail), dict(error.headers or {})))
+
+    @app.exception_handler(Exception)
+    async def on_internal_error(_: Request, error: Exception) -> JSONResponse:  # a bug of ours, never input
+        logger.error("internal_error", exc_info=error, extra={"event": "internal_error"})
+        return _error_response(ApiError(500, "internal_error", f"internal error ({type(error).__name__}); the "
+                                                               f"request id identifies it in the service log"))
 
     # -------------------------------------------------------------------------------------- auth
     async def require_api_key(request: Request) -> None:
@@ -395,7 +461,8 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
             reason = state["start_error"] or "the engine is loading and warming up its artifacts"
             raise ApiError(503, "not_ready", f"not ready: {reason}", {"Retry-After": "5"})
 
-    @app.post("/v1/reconstructions", dependencies=[Depends(require_api_key)], openapi_extra={
+    @app.post("/v1/reconstructions", dependencies=[Depends(require_api_key), Depends(RECONSTRUCTION_QUERY)],
+              openapi_extra={
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": [UPLOAD_FIELD],
             "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary",
@@ -432,7 +499,7 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
         try:
             upload = work_dir / "input.h5"
             await receive_upload(request, upload, config.upload_max_bytes, too_large)
-            header, samples = await cpu_bound(ingest, upload, group)
+            header, samples = await cpu_bound(ingest, upload, group, config.budget)
             ingested = time.perf_counter()
             results = await reconstruct(samples, artifact, request.is_disconnected, method.value)
             reconstructed = time.perf_counter()
@@ -504,7 +571,8 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
         try:
             work_dir.mkdir(parents=True, exist_ok=True)
             params = job.params
-            header, samples = await cpu_bound(ingest, spool.input_path(job), params.get("group", "dataset"))
+            header, samples = await cpu_bound(ingest, spool.input_path(job), params.get("group", "dataset"),
+                                             config.budget)
             while True:
                 try:
                     results = await reconstruct(samples, params.get("artifact"),
@@ -536,7 +604,7 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
             shutil.rmtree(work_dir, ignore_errors=True)
             request_id_var.reset(token)
 
-    @app.get("/v1/reconstructions/{job_id}", dependencies=[Depends(require_api_key)])
+    @app.get("/v1/reconstructions/{job_id}", dependencies=[Depends(require_api_key), Depends(NO_QUERY)])
     async def job_status(job_id: str) -> dict[str, Any]:
         """The state of an asynchronous job: queued, running, succeeded (result ready) or failed (with reason)."""
         job = spool.get(job_id)
@@ -545,9 +613,10 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
                                                f"{config.result_ttl_s:g} s)")
         return job.public()
 
-    @app.get("/v1/reconstructions/{job_id}/result", dependencies=[Depends(require_api_key)])
+    @app.get("/v1/reconstructions/{job_id}/result", dependencies=[Depends(require_api_key), Depends(NO_QUERY)])
     async def job_result(job_id: str) -> Response:
-        """The result of a finished job (kept until fetched or expired)."""
+        """The result of a finished job, kept until it expires (``result_ttl_s`` after the job finished), so a
+        broken download can be retried; ``Range`` requests are honoured."""
         job = spool.get(job_id)
         if job is None:
             raise ApiError(404, "unknown_job", f"no job {job_id!r} (unknown, or expired)")
@@ -557,14 +626,14 @@ def create_app(config: ServiceConfig, engine: Any = None) -> FastAPI:
             raise ApiError(409, "job_not_finished", f"job {job_id} is {job.state}; poll /v1/reconstructions/"
                                                     f"{job_id} until it has succeeded", {"Retry-After": "1"})
         path = spool.result_path(job)
-        if job.fetched or path is None or not path.is_file():
-            raise ApiError(410, "result_fetched", f"the result of job {job_id} was already fetched and removed")
+        if path is None or not path.is_file():
+            raise ApiError(410, "result_gone", f"the result of job {job_id} is no longer available")
         return FileResponse(path, media_type=job.media_type, filename=job.filename,
                             headers={"X-Mrdserve-Slices": str(job.slices)},
                             background=BackgroundTask(spool.mark_fetched, job))
 
     # -------------------------------------------------------------------------------------- info
-    @app.get("/v1/models", dependencies=[Depends(require_api_key)])
+    @app.get("/v1/models", dependencies=[Depends(require_api_key), Depends(NO_QUERY)])
     async def list_models() -> dict[str, Any]:
         """The artifacts the engine serves (name, version, task, constraints)."""
         return {"models": engine.models()}

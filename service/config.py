@@ -9,6 +9,7 @@ demo artifacts unless ``--with-bundled`` / ``MRDSERVE_WITH_BUNDLED=1`` keeps the
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import tempfile
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from service.admission import Budget
 from service.artifacts import BUNDLED_ARTIFACTS
 
 ENV_PREFIX = "MRDSERVE_"
@@ -54,6 +56,15 @@ class ServiceConfig:
     spool_max_bytes: int = 10 * 1024**3
     result_ttl_s: float = 3600.0
     upload_max_bytes: int = 2 * 1024**3
+    # admission (service.admission): what one request may declare and use, checked before any data is read
+    max_matrix: int = 1024
+    max_slices: int = 1024
+    max_request_bytes: int = 4 * 1024**3
+    # connections: a client that sends nothing for read_timeout_s is dropped; beyond max_connections per entry
+    # point new connections are refused (REST 503, MRD ERROR); mrd_allow limits who may open MRD streams
+    read_timeout_s: float = 30.0
+    max_connections: int = 64
+    mrd_allow: list[str] = field(default_factory=list)  # CIDR networks or addresses; empty: anyone
     api_keys: list[str] = field(default_factory=list)
     cors_origins: list[str] = field(default_factory=list)
     log_level: str = "INFO"
@@ -72,10 +83,10 @@ class ServiceConfig:
         for name in ("port", "mrd_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be a TCP port in 0..65535, got {getattr(self, name)}")
-        for name in ("max_batch", "queue_size"):
+        for name in ("max_batch", "queue_size", "max_matrix", "max_slices", "max_request_bytes", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("request_timeout_s", "result_ttl_s", "spool_max_bytes", "upload_max_bytes"):
+        for name in ("request_timeout_s", "result_ttl_s", "spool_max_bytes", "upload_max_bytes", "read_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
@@ -88,8 +99,23 @@ class ServiceConfig:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if not self.artifacts:
             raise ValueError("artifacts must name at least one directory")
+        self.mrd_networks  # noqa: B018 (validates mrd_allow)
         from service.pacs import validate_target
         validate_target(self.pacs_url, self.pacs_protocol, self.pacs_aet, self.pacs_called_aet, self.pacs_timeout_s)
+
+    @property
+    def budget(self) -> Budget:
+        """The per-request admission budget (``service.admission``)."""
+        return Budget(max_matrix=self.max_matrix, max_slices=self.max_slices,
+                      max_request_bytes=self.max_request_bytes)
+
+    @property
+    def mrd_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """``mrd_allow`` as networks (an address alone is a /32 or /128)."""
+        try:
+            return [ipaddress.ip_network(item, strict=False) for item in self.mrd_allow]
+        except ValueError as error:
+            raise ValueError(f"mrd_allow: {error} (give CIDR networks such as 10.0.0.0/8 or addresses)") from None
 
     @property
     def max_wait_s(self) -> float:
@@ -117,6 +143,10 @@ class ServiceConfig:
                 values[spec.name] = _convert(spec.name, env[variable], variable)
             else:
                 continue
+            if spec.name == "api_keys" and not values[spec.name]:
+                source = flag if given.get(spec.name) is not None else variable
+                raise ValueError(f"{source} is set but holds no key; unset it to run without authentication, or "
+                                 f"give keys (comma-separated in {variable})")
             replaced_artifacts |= spec.name == "artifacts"
         if replaced_artifacts and values.get("with_bundled", False):
             values["artifacts"] = [BUNDLED_ARTIFACTS, *values["artifacts"]]
@@ -130,10 +160,11 @@ class ServiceConfig:
         return replace(self, **changes)
 
 
-_INTS = ("port", "mrd_port", "max_batch", "queue_size", "spool_max_bytes", "upload_max_bytes")
-_FLOATS = ("max_wait_ms", "request_timeout_s", "result_ttl_s", "pacs_timeout_s")
+_INTS = ("port", "mrd_port", "max_batch", "queue_size", "spool_max_bytes", "upload_max_bytes", "max_matrix",
+         "max_slices", "max_request_bytes", "max_connections")
+_FLOATS = ("max_wait_ms", "request_timeout_s", "result_ttl_s", "pacs_timeout_s", "read_timeout_s")
 _BOOLS = ("with_bundled", "warmup")
-_LISTS = ("api_keys", "cors_origins", "onnx_providers")
+_LISTS = ("api_keys", "cors_origins", "onnx_providers", "mrd_allow")
 
 
 def _convert(name: str, value: Any, source: str) -> Any:
@@ -189,6 +220,19 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     add("--spool-max-bytes", type=int, default=None, help="spool size bound (default 10 GiB)")
     add("--result-ttl-s", type=float, default=None, help="how long results are kept (default 3600 s)")
     add("--upload-max-bytes", type=int, default=None, help="largest upload (default 2 GiB)")
+    add("--max-matrix", type=int, default=None,
+        help="largest matrix size along any axis a request may declare (default 1024; MRDSERVE_MAX_MATRIX)")
+    add("--max-slices", type=int, default=None,
+        help="most images (slices x contrasts x repetitions ...) in one file (default 1024; MRDSERVE_MAX_SLICES)")
+    add("--max-request-bytes", type=int, default=None,
+        help="memory one request may need, estimated before it is read (default 4 GiB; MRDSERVE_MAX_REQUEST_BYTES)")
+    add("--read-timeout-s", type=float, default=None,
+        help="drop a connection that sends nothing for this long (default 30 s; MRDSERVE_READ_TIMEOUT_S)")
+    add("--max-connections", type=int, default=None,
+        help="open connections per entry point, REST and MRD (default 64; MRDSERVE_MAX_CONNECTIONS)")
+    add("--mrd-allow", action="append", default=None, metavar="NETWORK",
+        help="only these networks may open MRD streams (repeatable CIDR; MRDSERVE_MRD_ALLOW, comma-separated); "
+             "none: anyone who can reach the port")
     add("--api-keys", action="append", default=None, metavar="KEY",
         help="accepted API key (repeatable; MRDSERVE_API_KEYS, comma-separated); none: no authentication")
     add("--cors-origins", action="append", default=None, metavar="ORIGIN",
@@ -202,3 +246,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     add("--pacs-called-aet", default=None, help="the PACS's AE title for C-STORE (default ANY-SCP)")
     add("--pacs-timeout-s", type=float, default=None, help="timeout of one push (default 30 s)")
     return parser
+
+
+def budget_from_env(env: Mapping[str, str] | None = None) -> Budget:
+    """The admission budget from ``MRDSERVE_MAX_*`` variables (for ``mrdserve recon``, which has no server config)."""
+    return ServiceConfig.from_env_and_args({}, env).budget

@@ -3,6 +3,10 @@
 Callers log events with fixed, non-identifying fields (``log_event(logger, "request", status=200, ...)``);
 free-text header fields, names and upload file names are never passed in. The current request id lives in a
 context variable so every line logged while serving a request carries it.
+
+Text we do not write ourselves (library warnings, exception messages, error reasons) may quote a value it
+failed on (``invalid literal for int(): 'Jane Doe'``): quoted passages in it are withheld before it is logged.
+Warnings and uncaught exceptions (also in threads) go through the same JSON handler.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -18,6 +24,20 @@ from typing import Any
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("mrdserve_request_id", default="")
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_QUOTED = re.compile(r"`[^`]*`|'[^']*'|\"[^\"]*\"")
+_FREE_TEXT_FIELDS = ("error", "reason", "exception")
+WITHHELD = "<withheld>"
+
+
+def withhold_quoted(text: str) -> str:
+    """``text`` with every quoted passage (backticks, single or double quotes) replaced by ``<withheld>``."""
+    return _QUOTED.sub(WITHHELD, text)
+
+
+def _withhold_in_traceback(text: str) -> str:
+    """A traceback with quoted passages withheld in its exception messages (frames and source lines kept)."""
+    return "\n".join(line if line.startswith((" ", "Traceback")) else withhold_quoted(line)
+                     for line in text.splitlines())
 
 
 def new_request_id() -> str:
@@ -35,14 +55,16 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if record.name == "py.warnings":
+            entry["message"] = withhold_quoted(entry["message"])
         request_id = getattr(record, "request_id", None) or request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
         for key, value in vars(record).items():
             if key not in _RESERVED and key not in entry and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = withhold_quoted(value) if key in _FREE_TEXT_FIELDS and isinstance(value, str) else value
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = _withhold_in_traceback(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
 
 
@@ -61,6 +83,17 @@ def configure_logging(level: str | int = "info", stream: Any = None) -> None:
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # our middleware logs each request, with its id
+    logging.captureWarnings(True)  # library warnings become JSON lines (quoted values withheld)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = lambda args: _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback)
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException | None, traceback: Any) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value or kind(), traceback)
+        return
+    logging.getLogger("mrdserve").critical("uncaught_exception", exc_info=(kind, value, traceback),
+                                           extra={"event": "uncaught_exception"})
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:

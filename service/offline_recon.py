@@ -21,7 +21,9 @@ from models.data.fastmri import read_fastmri
 from models.data.ismrmrd_io import read_ismrmrd
 from models.data.prepare import collate, output_to_image, prepare_sample
 from models.data.sample import KSpaceSample
+from service.admission import admit_file, check_samples
 from service.artifacts import Artifact, load_artifacts
+from service.config import budget_from_env
 from service.engine.plan import CLASSICAL, Plan, plan_sample
 from service.engine.result import ReconResult
 from service.outputs.dicom import write_dicom_series
@@ -69,8 +71,12 @@ def read_input(path: Path, trajectory_units: str | None = None) -> tuple[Any, li
         raise ValueError(f"{path} is not a readable HDF5 file ({exc})") from exc
     if is_fastmri:
         volume = read_fastmri(path)
+        check_samples(volume.samples)
         return volume.header, volume.samples
-    return read_ismrmrd(path, trajectory_units=trajectory_units)
+    declaration = admit_file(path, "dataset", budget_from_env())
+    header, samples = read_ismrmrd(path, trajectory_units=trajectory_units, header=declaration.header)
+    check_samples(samples)
+    return header, samples
 
 
 class OfflineReconstructor:

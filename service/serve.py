@@ -19,6 +19,7 @@ from typing import Any
 
 from service.config import ServiceConfig, add_config_arguments
 from service.log import configure_logging, log_event
+from service.spool import SpoolInUseError
 
 GRACEFUL_SHUTDOWN_S = 30
 
@@ -31,6 +32,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _make_server(config: ServiceConfig, app: Any, mrd: Any) -> Any:
     import uvicorn
+
+    from service.slow_clients import guarded_h11
 
     class Server(uvicorn.Server):
         """uvicorn's server, draining the MRD streams before the lifespan stops the engine."""
@@ -47,7 +50,8 @@ def _make_server(config: ServiceConfig, app: Any, mrd: Any) -> Any:
             await super().shutdown(sockets)
 
     return Server(uvicorn.Config(app, host=config.host, port=config.port, log_config=None, access_log=False,
-                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="on"))
+                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="on",
+                                 http=guarded_h11(config.read_timeout_s), limit_concurrency=config.max_connections))
 
 
 async def serve(config: ServiceConfig) -> None:
@@ -55,11 +59,15 @@ async def serve(config: ServiceConfig) -> None:
     from service.api import create_app
     from service.engine.engine import Engine
     from service.mrd.server import MrdServer
+    from service.spool import JobSpool
 
+    spool = JobSpool(config.spool_dir, config.spool_max_bytes, config.result_ttl_s)
+    spool.acquire()  # before binding: a second instance on this spool stops here
     engine = Engine(config)
-    mrd = MrdServer(engine, config.host, config.mrd_port)
+    mrd = MrdServer(engine, config.host, config.mrd_port, budget=config.budget, read_timeout_s=config.read_timeout_s,
+                    max_connections=config.max_connections, allow=config.mrd_networks)
     await mrd.start()
-    server = _make_server(config, create_app(config, engine), mrd)
+    server = _make_server(config, create_app(config, engine, spool), mrd)
     try:
         await server.serve()
     finally:
@@ -78,7 +86,7 @@ def run_serve(args: argparse.Namespace) -> int:
               queue_size=config.queue_size)
     try:
         asyncio.run(serve(config))
-    except OSError as error:  # e.g. a port in use
+    except (OSError, SpoolInUseError) as error:  # e.g. a port in use, a spool another instance owns
         print(f"mrdserve serve: {error}", file=sys.stderr)
         return 1
     return 0

@@ -3,13 +3,16 @@
 Layout: ``<root>/jobs/<id>/status.json`` (written atomically), ``input.h5`` and ``result.<ext>``; uploads in
 progress live under ``<root>/incoming/``. After a crash or restart, ``recover()`` returns every job that was
 queued or running, ready to run again, or marks it failed with a reason when it cannot be (input lost, too many
-interruptions). Results are kept until fetched or until ``ttl_s`` has passed; the spool refuses new work that
-would take it past ``max_bytes``.
+interruptions). Results are kept until ``ttl_s`` after the job finished, fetched or not, so that a broken
+download can be retried (with ``Range``); the spool refuses new work that would take it past ``max_bytes``.
+One process owns a spool at a time (``acquire``: an exclusive lock on ``<root>/lock``), so two instances never
+run each other's jobs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -29,6 +32,10 @@ class SpoolFullError(RuntimeError):
     """The spool has no room for another job; the message says how full it is."""
 
 
+class SpoolInUseError(RuntimeError):
+    """Another process owns the spool directory."""
+
+
 @dataclass
 class Job:
     """The status of one asynchronous job, as stored in its ``status.json``."""
@@ -45,6 +52,7 @@ class Job:
     media_type: str | None = None
     filename: str | None = None
     fetched: bool = False
+    finished: float | None = None  # when it succeeded or failed: results expire ttl_s after this
     slices: int | None = None
     pacs: dict[str, Any] | None = None  # the PACS push of the result (service.pacs.PushReport.public), if any
 
@@ -71,6 +79,30 @@ class JobSpool:
         self.incoming_dir = self.root / "incoming"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
+        self._lock: int | None = None
+
+    # ------------------------------------------------------------------------------------------ ownership
+    def acquire(self) -> None:
+        """Own the spool for this process; ``SpoolInUseError`` when another process does."""
+        if self._lock is not None:
+            return
+        descriptor = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
+            os.close(descriptor)
+            raise SpoolInUseError(f"the job spool {self.root} is in use by another mrdserve process (pid {owner}); "
+                                  f"give each instance its own --spool-dir (MRDSERVE_SPOOL_DIR)") from None
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, str(os.getpid()).encode())
+        self._lock = descriptor
+
+    def release(self) -> None:
+        """Give the spool up (the lock also ends with the process)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     # ------------------------------------------------------------------------------------------ space
     def used_bytes(self) -> int:
@@ -139,19 +171,18 @@ class JobSpool:
         self.input_path(job).unlink(missing_ok=True)
         job.state, job.result_file, job.media_type, job.filename, job.slices = (
             SUCCEEDED, target.name, media_type, filename, slices)
+        job.finished = time.time()
         job.error = job.error_status = None
         return self._write(job)
 
     def mark_failed(self, job: Job, reason: str, status: int = 500) -> Job:
         self.input_path(job).unlink(missing_ok=True)
         job.state, job.error, job.error_status = FAILED, reason, status
+        job.finished = time.time()
         return self._write(job)
 
     def mark_fetched(self, job: Job) -> Job:
-        """The client has its result: free the space, keep the status until it expires."""
-        path = self.result_path(job)
-        if path is not None:
-            path.unlink(missing_ok=True)
+        """A download of the result completed; the result stays (a retry may need it) until it expires."""
         job.fetched = True
         return self._write(job)
 
@@ -186,7 +217,7 @@ class JobSpool:
         now = time.time() if now is None else now
         removed = 0
         for job in self.all_jobs():
-            if job.state not in PENDING_STATES and now - job.updated > self.ttl_s:
+            if job.state not in PENDING_STATES and now - (job.finished or job.updated) > self.ttl_s:
                 shutil.rmtree(self.jobs_dir / job.id, ignore_errors=True)
                 removed += 1
         return removed

@@ -68,6 +68,7 @@ class _OpenImage:
     in_order: bool = True  # lines so far arrived in non-decreasing (e2, e1) order
     readouts: list[np.ndarray] = field(default_factory=list)
     trajectories: list[np.ndarray] = field(default_factory=list)
+    nbytes: int = 0  # k-space held so far
 
 
 def _key(acq: Any) -> tuple[int, int, int, int, int]:
@@ -129,6 +130,15 @@ class AcquisitionAssembler:
         self._whitening_dwell_us: float | None = None
         self._open: dict[tuple[int, int, int, int, int], _OpenImage] = {}
         self._saw_slice_flags = False
+
+    @property
+    def buffered_bytes(self) -> int:
+        """k-space bytes held in images that are not complete yet (streams bound this)."""
+        return sum(image.nbytes for image in self._open.values())
+
+    @property
+    def open_images(self) -> int:
+        return len(self._open)
 
     # ----------------------------------------------------------------------------------------- public
     def add(self, acq: Any) -> list[KSpaceSample]:
@@ -218,6 +228,7 @@ class AcquisitionAssembler:
                                  f"{acq.trajectory_dimensions} after {image.trajectories[0].shape[1]}")
             image.readouts.append(data[:, keep])
             image.trajectories.append(np.array(acq.traj, dtype=np.float32, copy=True)[keep])
+            image.nbytes += image.readouts[-1].nbytes + image.trajectories[-1].nbytes
 
     def _add_cartesian_line(self, image: _OpenImage, acq: Any, data: np.ndarray, keep: slice) -> None:
         encoded_x, encoded_y, encoded_z = self.info.encoded_matrix
@@ -249,6 +260,7 @@ class AcquisitionAssembler:
         else:
             image.line_sums[position] = line
             image.line_counts[position] = 1
+            image.nbytes += line.nbytes
         if any(acq.is_flag_set(flag) for flag in _CALIBRATION_FLAGS):
             image.calibration.add(position)
 

@@ -6,12 +6,16 @@ carry system and measurement information but no patient identity.
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import ismrmrd
 from ismrmrd import xsd
+
+from models.data.input_errors import InputError
 
 TRAJECTORY_UNITS_PARAMETER = "trajectory_units"
 _LIMIT_NAMES = ("kspace_encoding_step_1", "kspace_encoding_step_2", "average", "slice", "contrast",
@@ -49,7 +53,8 @@ class EncodingInfo:
 def parse_header(header: Any) -> Any:
     """An ``ismrmrdHeader`` from an xsd object, XML str or bytes (trailing NULs stripped).
 
-    Raises ValueError when the text is not ISMRMRD XML.
+    Raises ``InputError`` (a ValueError) when the text is not ISMRMRD XML or a field does not hold a value of its
+    type; the message names the field, never its value (headers carry patient names).
     """
     if isinstance(header, xsd.ismrmrdHeader):
         return header
@@ -59,14 +64,36 @@ def parse_header(header: Any) -> Any:
         raise TypeError(f"header must be an ismrmrdHeader, XML str or bytes, got {type(header).__name__}")
     text = header.strip("\x00 \t\r\n")
     if not text.startswith("<"):
-        raise ValueError("header is not ISMRMRD XML (it does not start with '<')")
-    try:
-        parsed = xsd.CreateFromDocument(text)
-    except Exception as exc:  # xsdata raises several parser error types
-        raise ValueError(f"header is not valid ISMRMRD XML: {exc}") from exc
+        raise InputError("header is not ISMRMRD XML (it does not start with '<')", "invalid_ismrmrd_header")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            parsed = xsd.CreateFromDocument(text)
+        except Exception as exc:  # xsdata and lxml raise several parser error types
+            raise InputError(f"header is not valid ISMRMRD XML: {_parser_reason(exc)}",
+                             "invalid_ismrmrd_header") from None
+    for warning in caught:
+        field_name = _CONVERSION_FIELD.search(str(warning.message))
+        if field_name is not None:
+            expected = _CONVERSION_TYPE.search(str(warning.message))
+            raise InputError(f"header field {field_name.group(1)} does not hold a valid "
+                             f"{expected.group(1) if expected else 'value'}", "invalid_ismrmrd_header")
+    if not isinstance(parsed, xsd.ismrmrdHeader):
+        raise InputError("header is not an ISMRMRD header (its root element is not ismrmrdHeader)",
+                         "invalid_ismrmrd_header")
     if not parsed.encoding:
-        raise ValueError("ISMRMRD header has no <encoding> section")
+        raise InputError("ISMRMRD header has no <encoding> section", "invalid_ismrmrd_header")
     return parsed
+
+
+_CONVERSION_FIELD = re.compile(r"Failed to convert value for `([\w.]+)`")
+_CONVERSION_TYPE = re.compile(r"is not a valid `([\w.]+)`\s*$")
+
+
+def _parser_reason(error: Exception) -> str:
+    """What the XML parser objected to, without echoing document text (which may hold patient data)."""
+    line = getattr(error, "lineno", None)
+    return f"{type(error).__name__} at line {line}" if isinstance(line, int) else type(error).__name__
 
 
 def header_to_xml(header: Any) -> str:
@@ -85,15 +112,23 @@ def encoding_info(header: Any, encoding: int = 0) -> EncodingInfo:
     """Read matrices, FOVs, trajectory, limits and acceleration of one encoding of a header."""
     hdr = parse_header(header)
     if encoding >= len(hdr.encoding):
-        raise ValueError(f"header has {len(hdr.encoding)} encodings; encoding {encoding} does not exist")
-    enc = hdr.encoding[encoding]
+        raise InputError(f"header has {len(hdr.encoding)} encodings; encoding {encoding} does not exist",
+                         "invalid_ismrmrd_header")
+    try:
+        return _encoding_info(hdr.encoding[encoding], hdr.acquisitionSystemInformation)
+    except (AttributeError, TypeError) as error:  # a required element is missing (None)
+        raise InputError(f"header encoding {encoding} lacks a required element (encodedSpace, reconSpace, "
+                         f"matrixSize, fieldOfView_mm or trajectory): {type(error).__name__}",
+                         "invalid_ismrmrd_header") from None
+
+
+def _encoding_info(enc: Any, system: Any) -> EncodingInfo:
     enc_m, rec_m = enc.encodedSpace.matrixSize, enc.reconSpace.matrixSize
     enc_f, rec_f = enc.encodedSpace.fieldOfView_mm, enc.reconSpace.fieldOfView_mm
     acceleration = (1, 1)
     if enc.parallelImaging is not None:
         factor = enc.parallelImaging.accelerationFactor
         acceleration = (int(factor.kspace_encoding_step_1), int(factor.kspace_encoding_step_2))
-    system = hdr.acquisitionSystemInformation
     channels = getattr(system, "receiverChannels", None) if system is not None else None
     return EncodingInfo(
         encoded_matrix=(int(enc_m.x), int(enc_m.y), int(enc_m.z or 1)),

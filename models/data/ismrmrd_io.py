@@ -9,8 +9,9 @@ space; trajectories are stored in radians/sample, per sample as (kx, ky[, kz]) a
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,46 +22,66 @@ import torch
 from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
 
 from models.data.acquisitions import AcquisitionAssembler
+from models.data.input_errors import InputError
 from models.data.ismrmrd_header import build_header, header_to_xml, parse_header
+from models.data.ismrmrd_inspect import check_data_dataset
 from models.data.sample import Geometry, KSpaceSample, SampleIndex
 
 _INDEX_FIELDS = ("slice", "contrast", "repetition", "set", "phase")
+READ_CHUNK_RECORDS = 1024  # acquisitions read per HDF5 call
 
 
 # ------------------------------------------------------------------------------------------------ reading
 def read_acquisitions(path: str | Path, dataset: str = "dataset") -> tuple[str, list[Any]]:
     """The XML header and every ``ismrmrd.Acquisition`` of a file; clear errors for unreadable files."""
+    with _open_dataset(path, dataset) as (xml, acquisitions):
+        return xml, list(acquisitions)
+
+
+@contextlib.contextmanager
+def _open_dataset(path: str | Path, dataset: str) -> Iterator[tuple[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ISMRMRD file not found: {path}")
     try:
         with h5py.File(path, "r") as f:
-            if dataset not in f:
-                raise ValueError(f"{path} has no ISMRMRD dataset group {dataset!r} (top-level: {sorted(f)})")
+            if dataset not in f or not isinstance(f[dataset], h5py.Group):
+                raise InputError(f"{path.name} has no ISMRMRD dataset group {dataset!r} (top-level: "
+                                 f"{sorted(f)[:20]})", "no_ismrmrd_dataset")
             group = f[dataset]
-            if "xml" not in group:
-                raise ValueError(f"{path}: dataset {dataset!r} has no 'xml' header")
+            if "xml" not in group or not isinstance(group["xml"], h5py.Dataset) or group["xml"].size < 1:
+                raise InputError(f"{path.name}: dataset {dataset!r} has no 'xml' header", "no_ismrmrd_header")
             xml = group["xml"][0]
-            records = group["data"][:] if "data" in group else None
+            if isinstance(xml, bytes):
+                xml = xml.decode("utf-8", errors="replace")
+            if not isinstance(xml, str):
+                raise InputError(f"{path.name}: the 'xml' dataset does not hold a string", "bad_header_dataset")
+            yield xml, _acquisitions(path, check_data_dataset(group))
     except OSError as exc:
-        raise ValueError(f"{path} is not a readable HDF5 file (truncated or corrupt): {exc}") from exc
-    if isinstance(xml, bytes):
-        xml = xml.decode("utf-8", errors="replace")
-    if records is None or records.size == 0:
-        raise ValueError(f"{path}: dataset {dataset!r} holds no acquisitions")
-    heads = np.asarray(records["head"]).astype(acquisition_header_dtype)
-    acquisitions = []
-    for i in range(records.size):
-        head = ismrmrd.AcquisitionHeader.from_buffer_copy(heads[i].tobytes())
-        n_coils, n_samples, n_dims = head.active_channels, head.number_of_samples, head.trajectory_dimensions
-        raw = np.asarray(records[i]["data"], dtype=np.float32)
-        if raw.size != 2 * n_coils * n_samples:
-            raise ValueError(f"{path}: acquisition {i} holds {raw.size // 2} complex values, its header says "
-                             f"{n_coils} channels x {n_samples} samples")
-        data = raw.view(np.complex64).reshape(n_coils, n_samples).copy()
-        traj = np.asarray(records[i]["traj"], dtype=np.float32).reshape(n_samples, n_dims).copy()
-        acquisitions.append(ismrmrd.Acquisition(head, data, traj))
-    return str(xml), acquisitions
+        raise InputError(f"{path.name} is not a readable HDF5 file (truncated or corrupt): "
+                         f"{str(exc).split('(')[0].strip()[:200]}", "unreadable_hdf5") from exc
+
+
+def _acquisitions(path: Path, records: h5py.Dataset) -> Iterator[Any]:
+    """Every acquisition of an ISMRMRD ``data`` dataset, read in chunks, each checked against its header."""
+    for start in range(0, records.shape[0], READ_CHUNK_RECORDS):
+        chunk = records[start:start + READ_CHUNK_RECORDS]
+        heads = np.asarray(chunk["head"]).astype(acquisition_header_dtype)
+        for offset in range(chunk.size):
+            i = start + offset
+            head = ismrmrd.AcquisitionHeader.from_buffer_copy(heads[offset].tobytes())
+            n_coils, n_samples, n_dims = head.active_channels, head.number_of_samples, head.trajectory_dimensions
+            raw = np.asarray(chunk[offset]["data"], dtype=np.float32)
+            if raw.size != 2 * n_coils * n_samples:
+                raise InputError(f"acquisition {i} holds {raw.size // 2} complex values, its header "
+                                 f"says {n_coils} channels x {n_samples} samples", "inconsistent_data")
+            stored_traj = np.asarray(chunk[offset]["traj"], dtype=np.float32)
+            if stored_traj.size != n_samples * n_dims:
+                raise InputError(f"acquisition {i} holds {stored_traj.size} trajectory values, its "
+                                 f"header says {n_samples} samples x {n_dims} dimensions", "inconsistent_data")
+            data = raw.view(np.complex64).reshape(n_coils, n_samples).copy()
+            yield ismrmrd.Acquisition(head, data, stored_traj.reshape(n_samples, n_dims).copy())
+        del chunk, heads
 
 
 def read_ismrmrd(path: str | Path, dataset: str = "dataset", trajectory_units: str | None = None,
@@ -68,12 +89,13 @@ def read_ismrmrd(path: str | Path, dataset: str = "dataset", trajectory_units: s
     """The parsed header and every image (``KSpaceSample``) of an ISMRMRD file, in acquisition order.
 
     ``header``: the file's header already parsed by the caller (parsing the XML costs ~10 ms), else read here.
+    Acquisitions are read in chunks and assembled as they come, so only the assembled k-space stays in memory.
     """
-    xml, acquisitions = read_acquisitions(path, dataset)
-    assembler = AcquisitionAssembler(xml if header is None else header, trajectory_units, prewhiten=prewhiten)
     samples: list[KSpaceSample] = []
-    for acq in acquisitions:
-        samples.extend(assembler.add(acq))
+    with _open_dataset(path, dataset) as (xml, acquisitions):
+        assembler = AcquisitionAssembler(xml if header is None else header, trajectory_units, prewhiten=prewhiten)
+        for acq in acquisitions:
+            samples.extend(assembler.add(acq))
     samples.extend(assembler.finish())
     return assembler.header, samples
 

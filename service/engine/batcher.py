@@ -47,7 +47,7 @@ class Completed:
     batch_size: int
 
 
-@dataclass
+@dataclass(eq=False)  # identity: comparing payloads (tensors) would be ambiguous and slow
 class _Job:
     payload: Any
     key: Hashable

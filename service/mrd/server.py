@@ -8,25 +8,36 @@ within a grace period, then cuts the rest (each still gets an ERROR TEXT and CLO
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
 from typing import Any
 
+from service.admission import Budget
 from service.log import log_event
-from service.mrd.protocol import Limits
-from service.mrd.session import DEFAULT_LIMITS, ENGINE_WAIT_S, MrdSession
+from service.mrd.protocol import Limits, encode_close, encode_text
+from service.mrd.session import DEFAULT_LIMITS, ENGINE_WAIT_S, READ_TIMEOUT_S, MrdSession
 
 logger = logging.getLogger("mrdserve.mrd")
 
 READ_BUFFER_BYTES = 1 << 20
+DEFAULT_MAX_CONNECTIONS = 64
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class MrdServer:
     """Listens on ``host:port`` and serves MRD streams with ``engine`` (started elsewhere)."""
 
     def __init__(self, engine: Any, host: str = "0.0.0.0", port: int = 9002, *, limits: Limits = DEFAULT_LIMITS,
-                 engine_wait_s: float = ENGINE_WAIT_S) -> None:
+                 engine_wait_s: float = ENGINE_WAIT_S, budget: Budget | None = None,
+                 read_timeout_s: float = READ_TIMEOUT_S, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 allow: list[Network] | None = None) -> None:
         self.engine, self.host, self.requested_port = engine, host, port
-        self.limits, self.engine_wait_s = limits, engine_wait_s
+        self.budget = budget or Budget()
+        # one message may be at most what a whole request may use
+        self.limits = Limits(limits.max_text_bytes, min(limits.max_payload_bytes, self.budget.max_request_bytes))
+        self.engine_wait_s, self.read_timeout_s = engine_wait_s, read_timeout_s
+        self.max_connections, self.allow = max_connections, list(allow or [])
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task] = set()
 
@@ -47,14 +58,42 @@ class MrdServer:
         log_event(logger, "mrd_listening", host=self.host, port=self.port)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        refusal = self._refusal(writer)
+        if refusal is not None:
+            await self._refuse(writer, refusal)
+            return
         task = asyncio.current_task()
         assert task is not None
         self._sessions.add(task)
         try:
-            await MrdSession(reader, writer, self.engine, limits=self.limits,
-                             engine_wait_s=self.engine_wait_s).run()
+            await MrdSession(reader, writer, self.engine, limits=self.limits, engine_wait_s=self.engine_wait_s,
+                             budget=self.budget, read_timeout_s=self.read_timeout_s).run()
         finally:
             self._sessions.discard(task)
+
+    def _refusal(self, writer: asyncio.StreamWriter) -> str | None:
+        """Why a new connection is refused (not on the allow list, too many open), or None."""
+        if self.allow:
+            peer = writer.get_extra_info("peername")
+            try:
+                address = ipaddress.ip_address(peer[0]) if peer else None
+            except ValueError:
+                address = None
+            if address is None or not any(address in network for network in self.allow):
+                return "this address may not open MRD streams (MRDSERVE_MRD_ALLOW)"
+        if len(self._sessions) >= self.max_connections:
+            return (f"the server has {len(self._sessions)} open MRD streams, its limit (MRDSERVE_MAX_CONNECTIONS); "
+                    f"retry later")
+        return None
+
+    async def _refuse(self, writer: asyncio.StreamWriter, reason: str) -> None:
+        log_event(logger, "mrd_refused", logging.WARNING, reason=reason)
+        with contextlib.suppress(Exception):
+            writer.write(encode_text(f"ERROR: {reason}") + encode_close())
+            await asyncio.wait_for(writer.drain(), 5)
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), 5)
 
     async def stop(self, grace_s: float = 30.0) -> None:
         """Stop accepting; wait up to ``grace_s`` for open streams to end, then cut them (ERROR + CLOSE)."""

@@ -24,10 +24,11 @@ from typing import Any
 
 from models.data.acquisitions import AcquisitionAssembler
 from models.data.baseline import METHODS
-from models.data.ismrmrd_header import parse_header
 from models.data.sample import KSpaceSample
+from service.admission import Budget, StreamBudget, admit_header, check_samples
 from service.engine.plan import plan_sample
 from service.log import log_event
+from service.memory import release_memory
 from service.mrd.configs import CLASSICAL, ConfigChoice, UnknownConfigError, resolve
 from service.mrd.protocol import (
     Limits,
@@ -47,6 +48,7 @@ ENTRYPOINT = "mrd"
 ENGINE_WAIT_S = 120.0  # how long a session that arrives during start-up waits for the engine
 QUEUE_RETRY_S = 30.0  # how long a slice retries while the batch queue is full before the stream fails
 SEND_TIMEOUT_S = 30.0  # a client that stops reading for this long loses its stream
+READ_TIMEOUT_S = 30.0  # a client that sends nothing for this long loses its stream
 DEFAULT_LIMITS = Limits()
 _session_ids = itertools.count(1)
 
@@ -113,9 +115,12 @@ class MrdSession:
     """Serves one connection; ``run`` never raises for anything the client does."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, engine: Any, *,
-                 limits: Limits = DEFAULT_LIMITS, engine_wait_s: float = ENGINE_WAIT_S) -> None:
+                 limits: Limits = DEFAULT_LIMITS, engine_wait_s: float = ENGINE_WAIT_S, budget: Budget | None = None,
+                 read_timeout_s: float = READ_TIMEOUT_S) -> None:
         self.reader, self.writer, self.engine = reader, writer, engine
-        self.limits, self.engine_wait_s = limits, engine_wait_s
+        self.limits, self.engine_wait_s, self.read_timeout_s = limits, engine_wait_s, read_timeout_s
+        self.budget = budget or Budget()
+        self._stream_budget: StreamBudget | None = None
         self.id = f"mrd-{next(_session_ids)}"
         self.counts = {"acquisitions": 0, "waveforms": 0, "images_in": 0, "texts": 0, "arrays": 0, "slices": 0,
                        "images_out": 0}
@@ -149,6 +154,8 @@ class MrdSession:
             error = f"connection lost: {failure}"
         except asyncio.CancelledError:
             error = "the server is shutting down; the stream was cut before its CLOSE"
+        except TimeoutError:
+            error = f"no message for {self.read_timeout_s:g} s; the stream was closed (MRDSERVE_READ_TIMEOUT_S)"
         except Exception as failure:  # a bug of ours: end this stream only, with a reason
             logger.exception("mrd session %s failed", self.id)
             error = f"internal error: {type(failure).__name__}: {str(failure)[:300]}"
@@ -165,16 +172,18 @@ class MrdSession:
                       outcome=outcome, error=error, config=self.choice.name if self.choice else None,
                       labels=self._labels, duration_ms=round(1000 * (time.perf_counter() - started), 1),
                       **self.counts)
+            self._assembler = None
+            release_memory()  # an unfinished slice's buffers go back to the system with the stream
 
     async def _serve(self) -> str:
         """The protocol up to the data phase, then the data phase; returns the outcome for the log."""
-        first = await read_message(self.reader, self.limits)
+        first = await self._read()
         if first.id == MessageId.CLOSE:
             return "empty"  # connected and closed: nothing to do but answer CLOSE
         if first.id not in (MessageId.CONFIG_FILE, MessageId.CONFIG_TEXT):
             raise SessionError(f"expected CONFIG_FILE (1) or CONFIG_TEXT (2) first, got message id {first.id}")
         config_name = first.value if first.id == MessageId.CONFIG_FILE else self._config_text_name(first.value)
-        second = await read_message(self.reader, self.limits)
+        second = await self._read()
         if second.id == MessageId.CLOSE:
             # Noise-dependency query: a config, then CLOSE before any header. Gadgetron (HeaderConnection ->
             # VoidConnection) runs the chain with no input and its connection handler then sends any errors as
@@ -185,8 +194,9 @@ class MrdSession:
         if second.id != MessageId.HEADER:
             raise SessionError(f"expected the ISMRMRD HEADER (3) after the config, got message id {second.id}")
         try:
-            self.header = parse_header(second.value)  # strips trailing NULs (python-ismrmrd-server sends one)
+            self.header = admit_header(second.value, self.budget)  # strips trailing NULs (python-ismrmrd-server)
             self._assembler = AcquisitionAssembler(self.header)
+            self._stream_budget = StreamBudget(self.header, self.budget)
         except (ValueError, TypeError) as error:
             raise SessionError(f"the HEADER is not a usable ISMRMRD header: {error}") from None
         await self._wait_for_engine()
@@ -205,6 +215,11 @@ class MrdSession:
         if self._failure is not None:
             raise SessionError(self._failure)
         return "ok"
+
+    async def _read(self) -> Any:
+        """The next message, or TimeoutError when the client sends nothing for ``read_timeout_s``."""
+        async with asyncio.timeout(self.read_timeout_s):
+            return await read_message(self.reader, self.limits)
 
     @staticmethod
     def _config_text_name(text: str) -> str:
@@ -234,8 +249,10 @@ class MrdSession:
         assembler = self._assembler
         assert assembler is not None
         expecting_parameters = True
+        stream_budget = self._stream_budget
+        assert stream_budget is not None
         while True:
-            message = await read_message(self.reader, self.limits)
+            message = await self._read()
             kind = message.id
             if kind == MessageId.TEXT and expecting_parameters:
                 await self._apply_parameters(message.value)
@@ -246,7 +263,12 @@ class MrdSession:
                 self.counts["acquisitions"] += 1
                 received = time.perf_counter()
                 try:
-                    samples = assembler.add(message.value)
+                    acquisition = message.value
+                    stream_budget.check_acquisition(int(acquisition.active_channels),
+                                                    int(acquisition.number_of_samples))
+                    samples = assembler.add(acquisition)
+                    stream_budget.check_buffered(assembler.buffered_bytes)
+                    check_samples(samples)
                 except ValueError as error:
                     raise SessionError(f"acquisition {self.counts['acquisitions']} cannot be used: {error}") \
                         from None
@@ -282,6 +304,7 @@ class MrdSession:
         """The client's CLOSE: flush open slices, wait for every slice, send the summary."""
         try:
             samples = assembler.finish(require_data=False)
+            check_samples(samples)
         except ValueError as error:
             raise SessionError(f"the stream's last slice cannot be used: {error}") from None
         now = time.perf_counter()

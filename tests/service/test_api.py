@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from models.data.ismrmrd_io import read_ismrmrd
+from service.admission import Budget
 from service.api import create_app
 from service.config import ServiceConfig
 from service.engine.batcher import QueueFullError, ReconstructionError
@@ -201,7 +202,7 @@ def test_cors_is_off_unless_origins_are_configured(tmp_path):
         assert response.headers["access-control-allow-origin"] == "https://viewer.example"
 
 
-def test_async_job_is_spooled_run_and_delivered_once(tmp_path, cartesian):
+def test_async_job_is_spooled_run_and_delivered_until_it_expires(tmp_path, cartesian):
     with _client(tmp_path, FakeEngine(delay_s=0.05)) as client:
         with open(cartesian, "rb") as f:
             accepted = client.post("/v1/reconstructions?mode=async&format=png", files={"file": f})
@@ -217,7 +218,14 @@ def test_async_job_is_spooled_run_and_delivered_once(tmp_path, cartesian):
         assert status["state"] == "succeeded" and status["slices"] == 1
         result = client.get(f"/v1/reconstructions/{job_id}/result")
         assert result.status_code == 200 and zipfile.ZipFile(io.BytesIO(result.content)).namelist()
-        assert client.get(f"/v1/reconstructions/{job_id}/result").status_code == 410  # fetched, space freed
+        assert client.get(f"/v1/reconstructions/{job_id}").json()["fetched"]
+        again = client.get(f"/v1/reconstructions/{job_id}/result")  # a broken download can be retried
+        assert again.status_code == 200 and again.content == result.content
+        part = client.get(f"/v1/reconstructions/{job_id}/result", headers={"Range": "bytes=10-99"})
+        assert part.status_code == 206 and part.content == result.content[10:100]
+        app_spool = client.app.state.spool
+        assert app_spool.expire(now=time.time() + 10 * 3600) == 1  # gone once its time-to-live has passed
+        assert client.get(f"/v1/reconstructions/{job_id}/result").status_code == 404
         assert client.get("/v1/reconstructions/0123456789abcdef0123456789abcdef").status_code == 404
         rejected = client.post("/v1/reconstructions?mode=async", content=b"not hdf5")
         assert rejected.status_code == 415
@@ -257,5 +265,5 @@ def test_not_ready_until_the_engine_started(tmp_path, cartesian):
 def test_samples_read_by_the_api_match_the_file(tmp_path, cartesian):
     _, samples = read_ismrmrd(cartesian)
     from service.api import ingest
-    _, samples2 = ingest(cartesian, "dataset")
+    _, samples2 = ingest(cartesian, "dataset", Budget())
     assert len(samples2) == len(samples) and samples2[0].kspace.shape == samples[0].kspace.shape

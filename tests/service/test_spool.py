@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -11,7 +12,7 @@ def _upload(spool: JobSpool, payload: bytes = b"\x89HDF data") -> object:
     return path
 
 
-def test_job_lifecycle_keeps_result_until_fetched(tmp_path):
+def test_job_lifecycle_keeps_result_until_it_expires(tmp_path):
     spool = JobSpool(tmp_path, max_bytes=10_000, ttl_s=60)
     job = spool.create(_upload(spool), {"format": "dicom"})
     assert job.state == QUEUED and spool.input_path(job).read_bytes() == b"\x89HDF data"
@@ -26,7 +27,25 @@ def test_job_lifecycle_keeps_result_until_fetched(tmp_path):
     assert not spool.input_path(stored).exists()  # the input is freed once the result exists
     assert "result_file" not in stored.public()  # no file-system details for clients
     spool.mark_fetched(stored)
-    assert spool.get(job.id).fetched and not spool.result_path(stored).exists()
+    assert spool.get(job.id).fetched and spool.result_path(stored).exists()  # a retried download still works
+    assert spool.expire(now=stored.finished + 30) == 0
+    assert spool.expire(now=stored.finished + 61) == 1 and spool.get(job.id) is None
+
+
+def test_one_process_owns_a_spool(tmp_path):
+    import subprocess
+    import sys
+
+    owner = JobSpool(tmp_path, max_bytes=10_000, ttl_s=60)
+    owner.acquire()
+    script = ("import sys; from pathlib import Path; from service.spool import JobSpool, SpoolInUseError\n"
+              "try:\n    JobSpool(Path(sys.argv[1]), 10, 1).acquire()\nexcept SpoolInUseError as e:\n"
+              "    print(e); sys.exit(3)\n")
+    other = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    assert other.returncode == 3 and "in use by another mrdserve process" in other.stdout
+    assert str(os.getpid()) in other.stdout and "--spool-dir" in other.stdout
+    owner.release()
+    assert subprocess.run([sys.executable, "-c", script, str(tmp_path)]).returncode == 0
 
 
 def test_recover_requeues_interrupted_jobs_and_fails_lost_ones(tmp_path):
