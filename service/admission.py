@@ -29,6 +29,7 @@ WORKING_SET_FACTOR = 8  # preparation and reconstruction hold about this many co
 CONCURRENT_IMAGES = 4  # images of one request in preparation/reconstruction at a time (the engine's batch)
 NONCARTESIAN_GRID_OVERSAMPLING = 2.0  # NUFFT grids are oversampled this much per dimension
 MIB = 1024**2
+METADATA_SLACK_BYTES = 32 * MIB  # HDF5 metadata and small datasets beside the samples, allowed in any file
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,10 @@ class Budget:
     max_slices: int = 1024  # images (slices x contrasts x repetitions x sets x phases) in one file
     max_request_bytes: int = 4 * 1024**3  # estimated memory one request may use
     max_header_bytes: int = 16 * MIB
+    max_parse_s: float = 120.0  # reading one uploaded file (a corrupt HDF5 structure can make the reader loop)
 
     def __post_init__(self) -> None:
-        for name in ("max_matrix", "max_slices", "max_request_bytes", "max_header_bytes"):
+        for name in ("max_matrix", "max_slices", "max_request_bytes", "max_header_bytes", "max_parse_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -99,6 +101,10 @@ def admit_header(header: Any, budget: Budget, channels: int | None = None) -> An
             if size > budget.max_matrix:
                 raise _beyond(f"the header's {space} matrix size {axis}", size, budget.max_matrix,
                               "MRDSERVE_MAX_MATRIX")
+    for space, fov in (("encoded", info.encoded_fov), ("recon", info.recon_fov)):
+        if min(fov[:2]) <= 0 or fov[2] < 0:
+            raise InputError(f"the header's {space} field of view {fov} mm must be positive (x, y) and not negative "
+                             f"(z)", "invalid_ismrmrd_header")
     slices = declared_slices(header)
     if slices > budget.max_slices:
         raise _beyond("the number of slices the header declares", slices, budget.max_slices, "MRDSERVE_MAX_SLICES")
@@ -128,7 +134,7 @@ def estimate_file(declaration: Declaration) -> Estimate:
     channels = max(1, declaration.max_channels)
     kspace, working = image_bytes(declaration.header, channels)
     images = max(1, declaration.images)
-    acquired = max(declaration.payload_bytes, declaration.stored_payload_bytes or 0)
+    acquired = declaration.payload_bytes
     return Estimate(acquired_bytes=acquired, kspace_bytes=kspace * images,
                     working_bytes=working * min(images, CONCURRENT_IMAGES))
 
@@ -141,10 +147,11 @@ def admit_file(path: str | Path, group: str, budget: Budget) -> Declaration:
     if declaration.max_channels > MAX_CHANNELS:
         raise InputError(f"an acquisition declares {declaration.max_channels} active channels; at most "
                          f"{MAX_CHANNELS} are supported", "inconsistent_data")
-    stored = declaration.stored_payload_bytes
-    if stored is not None and stored > declaration.payload_bytes + 4096 * declaration.records:
-        raise InputError(f"the acquisitions store {stored} bytes of samples but their headers declare "
-                         f"{declaration.payload_bytes}", "inconsistent_data")
+    undeclared = declaration.undeclared_bytes
+    explained = 2 * declaration.payload_bytes + declaration.header_bytes + METADATA_SLACK_BYTES
+    if undeclared is not None and undeclared > explained + BYTES_PER_RECORD * declaration.records:
+        raise InputError(f"the file holds {undeclared} bytes outside its datasets' storage, but its acquisition "
+                         f"headers declare only {declaration.payload_bytes} bytes of samples", "inconsistent_data")
     if declaration.images > budget.max_slices:
         raise _beyond("the number of images in the file", declaration.images, budget.max_slices,
                       "MRDSERVE_MAX_SLICES")

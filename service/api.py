@@ -35,9 +35,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.data.baseline import METHODS
 from models.data.input_errors import InputError, LimitError
-from models.data.ismrmrd_io import read_ismrmrd
 from models.data.sample import KSpaceSample
-from service.admission import Budget, admit_file, check_samples
+from service import bounded_read
+from service.admission import Budget
 from service.config import ServiceConfig
 from service.log import log_event, new_request_id, request_id_var
 from service.memory import release_memory
@@ -173,20 +173,16 @@ async def _receive_multipart(request: Request, boundary: bytes | None, write: Ca
 
 # ------------------------------------------------------------------------------------------------ ingest
 def ingest(path: Path, group: str, budget: Budget) -> tuple[Any, list[KSpaceSample]]:
-    """Read an uploaded ISMRMRD file into samples, admitted by its declared sizes first; ``ApiError`` (4xx)."""
+    """Read an uploaded ISMRMRD file into samples, admitted by its declared sizes first, in a bounded child
+    process (``service.bounded_read``); ``ApiError`` (4xx) naming what is wrong."""
     try:
-        declaration = admit_file(path, group, budget)
-        header, samples = read_ismrmrd(path, dataset=group, header=declaration.header)
-        check_samples(samples)
+        return bounded_read.read_bounded(path, group, budget)
     except InputError as error:
+        if error.code == "inconsistent_data" and "no data acquisitions" in str(error):
+            error.code = "no_data"
         raise input_error(error, str(path)) from None
-    except ValueError as error:  # the assembler's consistency checks (lines outside the matrix, ...)
-        message = str(error).replace(str(path), "the upload")
-        code = "no_data" if "no data acquisitions" in message else "inconsistent_data"
-        raise ApiError(422, code, f"the ISMRMRD data cannot be reconstructed: {message}") from None
     finally:
         release_memory()
-    return header, samples
 
 
 def input_error(error: InputError, path: str = "") -> ApiError:
@@ -303,7 +299,7 @@ def create_app(config: ServiceConfig, engine: Any = None, spool: JobSpool | None
     queue_full_error, reconstruction_error = _engine_error_types()
     spool = spool or JobSpool(config.spool_dir, config.spool_max_bytes, config.result_ttl_s)
     work_root = Path(config.spool_dir) / "work"
-    state: dict[str, Any] = {"start_error": None, "tasks": set()}
+    state: dict[str, Any] = {"start_error": None, "tasks": set(), "draining": False}
     job_queue: asyncio.Queue[str] = asyncio.Queue()
     ready = asyncio.Event()
     # Reading uploads and packaging results is CPU work: one slot per core keeps many concurrent requests from
@@ -317,6 +313,7 @@ def create_app(config: ServiceConfig, engine: Any = None, spool: JobSpool | None
     # -------------------------------------------------------------------------------------- lifecycle
     async def start_engine() -> None:
         try:
+            await run_in_threadpool(bounded_read.start)  # the file readers' forkserver, warm before any upload
             await engine.start()
         except Exception as error:  # reported by /readyz and the log, the process stays up
             state["start_error"] = str(error)
@@ -365,6 +362,12 @@ def create_app(config: ServiceConfig, engine: Any = None, spool: JobSpool | None
                            expose_headers=["X-Request-ID", "Retry-After"])
     app.state.engine, app.state.spool, app.state.config = engine, spool, config
 
+    def drain() -> None:
+        """Shutdown has begun: no new jobs start; work cut by the shutdown is answered 503 / requeued."""
+        state["draining"] = True
+
+    app.state.drain = drain
+
     @app.exception_handler(ApiError)
     async def on_api_error(_: Request, error: ApiError) -> JSONResponse:
         return _error_response(error)
@@ -412,6 +415,13 @@ def create_app(config: ServiceConfig, engine: Any = None, spool: JobSpool | None
                     task.cancel()
                     log_event(logger, "client_disconnected")
             return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not state["draining"] or current is None:
+                raise
+            current.uncancel()  # cut by the shutdown's grace period: answer instead of dropping the request
+            raise ApiError(503, "shutting_down", "the service is shutting down and could not finish this "
+                                                 "reconstruction; retry it", {"Retry-After": "5"}) from None
         except queue_full_error as error:
             retry = max(1, math.ceil(float(getattr(error, "retry_after_s", 1.0))))
             raise ApiError(503, "queue_full", f"{error}; retry after {retry} s", {"Retry-After": str(retry)}) from error
@@ -557,12 +567,18 @@ def create_app(config: ServiceConfig, engine: Any = None, spool: JobSpool | None
 
     async def job_worker() -> None:
         await ready.wait()
-        while True:
+        while not state["draining"]:
             job_id = await job_queue.get()
+            if state["draining"]:
+                return  # left queued in the spool: it runs after the restart
             job = spool.get(job_id)
             if job is None or job.state in (SUCCEEDED, FAILED):
                 continue
             await run_job(job)
+
+    def requeue(job: Job) -> None:
+        job.attempts -= 1  # a clean shutdown does not count as a failed attempt; the job runs after restart
+        spool.mark_queued(job)
 
     async def run_job(job: Job) -> None:
         token = request_id_var.set(f"job-{job.id[:12]}")
@@ -588,18 +604,21 @@ def create_app(config: ServiceConfig, engine: Any = None, spool: JobSpool | None
             spool.mark_succeeded(job, Path(packaged.path), packaged.media_type, packaged.filename, len(results))
             _count(results, "ok")
             log_event(logger, "job_succeeded", job_id=job.id, slices=len(results))
-        except ApiError as error:
-            spool.mark_failed(job, error.message, error.status)
-            _count(None, "rejected" if error.status < 500 else "failed")
-            log_event(logger, "job_failed", logging.WARNING, job_id=job.id, status=error.status, code=error.code)
         except asyncio.CancelledError:
-            job.attempts -= 1  # a clean shutdown does not count as a failed attempt; the job runs after restart
-            spool._write(job)
+            requeue(job)
             raise
         except Exception as error:  # one job's failure must not stop the worker
-            spool.mark_failed(job, f"internal error while running the job: {type(error).__name__}", 500)
-            _count(None, "failed")
-            logger.exception("job_crashed", extra={"event": "job_crashed", "job_id": job.id})
+            if state["draining"] and not (isinstance(error, ApiError) and error.status < 500):
+                requeue(job)  # interrupted by the shutdown, not failed: it runs after the restart
+            elif isinstance(error, ApiError):
+                spool.mark_failed(job, error.message, error.status)
+                _count(None, "rejected" if error.status < 500 else "failed")
+                log_event(logger, "job_failed", logging.WARNING, job_id=job.id, status=error.status,
+                          code=error.code)
+            else:
+                spool.mark_failed(job, f"internal error while running the job: {type(error).__name__}", 500)
+                _count(None, "failed")
+                logger.exception("job_crashed", extra={"event": "job_crashed", "job_id": job.id})
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
             request_id_var.reset(token)

@@ -60,6 +60,7 @@ class ServiceConfig:
     max_matrix: int = 1024
     max_slices: int = 1024
     max_request_bytes: int = 4 * 1024**3
+    max_parse_s: float = 120.0
     # connections: a client that sends nothing for read_timeout_s is dropped; beyond max_connections per entry
     # point new connections are refused (REST 503, MRD ERROR); mrd_allow limits who may open MRD streams
     read_timeout_s: float = 30.0
@@ -86,7 +87,8 @@ class ServiceConfig:
         for name in ("max_batch", "queue_size", "max_matrix", "max_slices", "max_request_bytes", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("request_timeout_s", "result_ttl_s", "spool_max_bytes", "upload_max_bytes", "read_timeout_s"):
+        for name in ("request_timeout_s", "result_ttl_s", "spool_max_bytes", "upload_max_bytes", "read_timeout_s",
+                     "max_parse_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
@@ -107,7 +109,7 @@ class ServiceConfig:
     def budget(self) -> Budget:
         """The per-request admission budget (``service.admission``)."""
         return Budget(max_matrix=self.max_matrix, max_slices=self.max_slices,
-                      max_request_bytes=self.max_request_bytes)
+                      max_request_bytes=self.max_request_bytes, max_parse_s=self.max_parse_s)
 
     @property
     def mrd_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -162,7 +164,7 @@ class ServiceConfig:
 
 _INTS = ("port", "mrd_port", "max_batch", "queue_size", "spool_max_bytes", "upload_max_bytes", "max_matrix",
          "max_slices", "max_request_bytes", "max_connections")
-_FLOATS = ("max_wait_ms", "request_timeout_s", "result_ttl_s", "pacs_timeout_s", "read_timeout_s")
+_FLOATS = ("max_wait_ms", "request_timeout_s", "result_ttl_s", "pacs_timeout_s", "read_timeout_s", "max_parse_s")
 _BOOLS = ("with_bundled", "warmup")
 _LISTS = ("api_keys", "cors_origins", "onnx_providers", "mrd_allow")
 
@@ -226,6 +228,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         help="most images (slices x contrasts x repetitions ...) in one file (default 1024; MRDSERVE_MAX_SLICES)")
     add("--max-request-bytes", type=int, default=None,
         help="memory one request may need, estimated before it is read (default 4 GiB; MRDSERVE_MAX_REQUEST_BYTES)")
+    add("--max-parse-s", type=float, default=None,
+        help="longest read of one uploaded file, in a bounded child process (default 120 s; MRDSERVE_MAX_PARSE_S)")
     add("--read-timeout-s", type=float, default=None,
         help="drop a connection that sends nothing for this long (default 30 s; MRDSERVE_READ_TIMEOUT_S)")
     add("--max-connections", type=int, default=None,

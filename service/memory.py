@@ -1,4 +1,4 @@
-"""Give freed memory back to the operating system, and read how much the process holds.
+"""Give freed memory back to the operating system.
 
 After a large request CPython and numpy free their buffers, but glibc keeps the freed pages in its heaps
 (a 2 GB upload left 2 GB resident per request). ``release_memory`` asks glibc to return them
@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import threading
 
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _lock = threading.Lock()
 _libc: list[object] = []
 
@@ -35,9 +33,3 @@ def release_memory() -> None:
     if trim is not None:
         with _lock:
             trim(0)  # type: ignore[operator]
-
-
-def resident_bytes(pid: int | None = None) -> int:
-    """Resident set size of a process (this one by default), from /proc."""
-    with open(f"/proc/{pid or 'self'}/statm") as statm:
-        return int(statm.read().split()[1]) * _PAGE_BYTES

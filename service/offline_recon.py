@@ -18,11 +18,13 @@ import torch
 
 from models.data.baseline import METHODS, classical_reconstruction
 from models.data.fastmri import read_fastmri
-from models.data.ismrmrd_io import read_ismrmrd
+from models.data.input_errors import InputError
+from models.data.ismrmrd_inspect import HDF5_ERRORS, unreadable
 from models.data.prepare import collate, output_to_image, prepare_sample
 from models.data.sample import KSpaceSample
-from service.admission import admit_file, check_samples
+from service.admission import check_samples
 from service.artifacts import Artifact, load_artifacts
+from service.bounded_read import read_bounded
 from service.config import budget_from_env
 from service.engine.plan import CLASSICAL, Plan, plan_sample
 from service.engine.result import ReconResult
@@ -64,19 +66,18 @@ def read_input(path: Path, trajectory_units: str | None = None) -> tuple[Any, li
     """The ISMRMRD header (a fastMRI file's embedded one, or None) and every sample of an input file."""
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
+    if not h5py.is_hdf5(path):
+        raise InputError(f"{path.name} is not HDF5; give an ISMRMRD (or fastMRI) HDF5 file", "not_hdf5")
     try:
         with h5py.File(path, "r") as f:
             is_fastmri = "kspace" in f
-    except OSError as exc:
-        raise ValueError(f"{path} is not a readable HDF5 file ({exc})") from exc
+    except HDF5_ERRORS as exc:
+        raise unreadable(exc) from None
     if is_fastmri:
         volume = read_fastmri(path)
         check_samples(volume.samples)
         return volume.header, volume.samples
-    declaration = admit_file(path, "dataset", budget_from_env())
-    header, samples = read_ismrmrd(path, trajectory_units=trajectory_units, header=declaration.header)
-    check_samples(samples)
-    return header, samples
+    return read_bounded(path, "dataset", budget_from_env(), trajectory_units)
 
 
 class OfflineReconstructor:

@@ -46,6 +46,7 @@ def _make_server(config: ServiceConfig, app: Any, mrd: Any) -> Any:
                 self._captured_signals.clear()
 
         async def shutdown(self, sockets: Any = None) -> None:
+            app.state.drain()
             await mrd.stop(grace_s=GRACEFUL_SHUTDOWN_S)
             await super().shutdown(sockets)
 

@@ -159,6 +159,10 @@ class JobSpool:
             return None
         return self.jobs_dir / job.id / job.result_file
 
+    def mark_queued(self, job: Job) -> Job:
+        job.state = QUEUED
+        return self._write(job)
+
     def mark_running(self, job: Job) -> Job:
         job.state, job.attempts = RUNNING, job.attempts + 1
         return self._write(job)

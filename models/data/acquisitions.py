@@ -33,6 +33,7 @@ import ismrmrd
 import numpy as np
 import torch
 
+from models.data.input_errors import InputError
 from models.data.ismrmrd_header import EncodingInfo, encoding_info, parse_header
 from models.data.sample import Geometry, KSpaceSample, SampleIndex
 from models.data.trajectory_units import to_radians
@@ -82,6 +83,9 @@ def _direction(values: Any, default: tuple[float, float, float]) -> tuple[float,
 
 
 def _geometry(head: Any, info: EncodingInfo) -> Geometry:
+    for name in ("position", "read_dir", "phase_dir", "slice_dir", "patient_table_position"):
+        if not all(math.isfinite(float(v)) for v in getattr(head, name)):
+            raise InputError(f"an acquisition's {name} holds NaN or infinite values", "inconsistent_data")
     defaults = Geometry()
     return Geometry(
         position=tuple(float(v) for v in head.position),  # type: ignore[arg-type]

@@ -166,6 +166,72 @@ def hostile_files(good: Path, directory: Path) -> Iterator[tuple[str, Path]]:
         yield name, path
 
 
+HOSTILE_VALUES = ("0", "-1", "65536", "2147483648", "18446744073709551616", "1e309", "nan", "-inf", "", "1.5",
+                  PATIENT_NAME, "9" * 400, "<", "&amp;")
+_TEXT_NODE = re.compile(r">([^<>]*)<")
+
+
+def mutated_xml(text: str, rng: random.Random) -> str:
+    """``text`` with one element's text (a number, a name, a size) replaced by a hostile value."""
+    nodes = [m for m in _TEXT_NODE.finditer(text) if m.group(1).strip()]
+    if not nodes:
+        return text
+    node = rng.choice(nodes)
+    return text[:node.start(1)] + rng.choice(HOSTILE_VALUES) + text[node.end(1):]
+
+
+def _head_fields(dtype: np.dtype, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    fields: list[tuple[str, ...]] = []
+    for name in dtype.names or ():
+        sub = dtype[name]
+        fields += _head_fields(sub, (*prefix, name)) if sub.names else [(*prefix, name)]
+    return fields
+
+
+def mutate_head(head: np.ndarray, rng: random.Random) -> None:
+    """Set one field of an acquisition header record (structured numpy, in place) to an extreme value."""
+    path = rng.choice(_head_fields(head.dtype))
+    target = head
+    for name in path[:-1]:
+        target = target[name]
+    field = target[path[-1]]
+    kind = np.asarray(field).dtype
+    if kind.kind in "iu":
+        info = np.iinfo(kind)
+        value: object = rng.choice([0, 1, info.max, info.min, rng.randint(int(info.min), int(info.max))])
+    else:
+        value = rng.choice([0.0, -1.0, 1e30, float("nan"), float("inf")])
+    if np.ndim(field):
+        index = rng.randrange(np.size(field))
+        array = np.array(field)
+        array.flat[index] = value
+        target[path[-1]] = array
+    else:
+        target[path[-1]] = value
+
+
+def mutated_file(good: Path, path: Path, seed: int) -> Path:
+    """A copy of ``good`` at ``path`` with one seeded mutation: bytes, a header value or an acquisition field."""
+    rng = random.Random(seed)
+    kind = rng.random()
+    if kind < 0.4:
+        path.write_bytes(mutated_bytes(good.read_bytes(), seed))
+        return path
+    shutil.copy(good, path)
+    if kind < 0.7:
+        _replace_xml(path, mutated_xml(_xml(path), rng))
+        return path
+    with h5py.File(path, "a") as f:
+        records = f["dataset/data"]
+        index = rng.randrange(records.shape[0])
+        record = records[index]
+        head = record["head"].copy()
+        mutate_head(head, rng)
+        record["head"] = head
+        records[index] = record
+    return path
+
+
 def mutated_bytes(good: bytes, seed: int, max_flips: int = 8) -> bytes:
     """``good`` with a few random bytes overwritten, a span duplicated or a tail cut (seeded)."""
     rng = random.Random(seed)
@@ -180,13 +246,3 @@ def mutated_bytes(good: bytes, seed: int, max_flips: int = 8) -> bytes:
     else:
         del data[rng.randrange(1, len(data)):]
     return bytes(data)
-
-
-def mutated_files(good: Path, directory: Path, count: int, seed: int = 0) -> Iterator[Path]:
-    """``count`` byte-mutated copies of ``good`` (one file, rewritten each time; read it before the next)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    original = good.read_bytes()
-    path = directory / "mutated.h5"
-    for i in range(count):
-        path.write_bytes(mutated_bytes(original, seed * 1_000_003 + i))
-        yield path

@@ -6,10 +6,13 @@ carry system and measurement information but no patient identity.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import ismrmrd
@@ -83,7 +86,20 @@ def parse_header(header: Any) -> Any:
                          "invalid_ismrmrd_header")
     if not parsed.encoding:
         raise InputError("ISMRMRD header has no <encoding> section", "invalid_ismrmrd_header")
+    _check_finite(parsed, "ismrmrdHeader")
     return parsed
+
+
+def _check_finite(node: Any, where: str) -> None:
+    """Every number in the header is finite (NaN or infinite sizes, FOVs or times cannot be used anywhere)."""
+    if dataclasses.is_dataclass(node):
+        for spec in dataclasses.fields(node):
+            _check_finite(getattr(node, spec.name), f"{where}.{spec.name}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_finite(item, f"{where}[{i}]")
+    elif isinstance(node, float | Decimal) and not math.isfinite(float(node)):
+        raise InputError(f"header field {where} is not a finite number", "invalid_ismrmrd_header")
 
 
 _CONVERSION_FIELD = re.compile(r"Failed to convert value for `([\w.]+)`")

@@ -1,16 +1,16 @@
-"""What an ISMRMRD HDF5 file declares, checked without reading its acquisition data.
+"""What an ISMRMRD HDF5 file declares, checked before any k-space is assembled.
 
 ``inspect_ismrmrd`` opens the file, checks that the ``xml`` and ``data`` datasets have the ISMRMRD types, bounds
-the header's size before reading it, then scans only the acquisition *headers* (in chunks) for the sizes the data
-will need. Admission (``service.admission``) compares those sizes with the configured budget before any k-space
-is read, so a hostile file (a billion records, a gigabyte header, a 100000 x 100000 matrix) costs almost nothing.
+the header's size (from its on-disk length) and the record count (from the dataset's shape) before reading them,
+then scans the acquisition headers in chunks of ``HEAD_CHUNK_RECORDS`` for the sizes the data will need, and
+counts the file bytes its datasets' storage does not explain (the samples live there). HDF5 reads a chunk's
+samples even when only the header field is asked for, so the scan holds one chunk's samples at a time.
+Admission (``service.admission``) compares the sizes with the configured budget before any image is assembled,
+so a hostile file (a billion records, a gigabyte header, a 100000 x 100000 matrix) costs almost nothing.
 """
 
 from __future__ import annotations
 
-import ctypes
-import glob
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,17 +18,18 @@ from typing import Any
 import h5py
 import ismrmrd
 import numpy as np
-from h5py._objects import phil
 from ismrmrd.hdf5 import acquisition_header_dtype
 
 from models.data.input_errors import InputError, LimitError
 from models.data.ismrmrd_header import parse_header
 
-HEAD_CHUNK_RECORDS = 65536  # acquisition headers scanned per read (about 22 MB)
+HEAD_CHUNK_RECORDS = 1024  # acquisitions per read: HDF5 reads their samples too, even for the header field alone
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024**2
 _NOISE_BIT = np.uint64(1) << np.uint64(ismrmrd.ACQ_IS_NOISE_MEASUREMENT - 1)
 _IMAGE_KEYS = ("slice", "contrast", "repetition", "set", "phase")
 _VLEN_DISK_LENGTH_BYTES = 4  # an HDF5 variable-length element on disk: uint32 length, then a global heap id
+# what h5py raises for a corrupt file besides OSError (a damaged object header, link table or datatype message)
+HDF5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError, OverflowError)
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Declaration:
     records: int
     noise_records: int
     payload_bytes: int  # data + trajectory of every acquisition, as their headers declare
-    stored_payload_bytes: int | None  # what the file really stores for them (None when HDF5 cannot say)
+    undeclared_bytes: int | None  # file bytes outside the datasets' storage: samples, header, HDF5 metadata
     max_channels: int
     max_samples: int
     images: int  # distinct (slice, contrast, repetition, set, phase) among the data acquisitions
@@ -66,14 +67,18 @@ def inspect_ismrmrd(path: str | Path, dataset: str = "dataset", *, max_header_by
             xml, header_bytes = _read_xml(path, group, max_header_bytes)
             header = parse_header(xml)
             scan = _scan_acquisitions(group, max_records)
-    except OSError as error:
-        raise InputError(f"the HDF5 file cannot be read (truncated or corrupt): {_hdf5_reason(error)}",
-                         "unreadable_hdf5") from None
+            scan["undeclared_bytes"] = undeclared_bytes(f)
+    except InputError:
+        raise
+    except HDF5_ERRORS as error:
+        raise unreadable(error) from None
     return Declaration(header=header, file_bytes=path.stat().st_size, header_bytes=header_bytes, **scan)
 
 
-def _hdf5_reason(error: OSError) -> str:
-    return str(error).split("(")[0].strip()[:200] or type(error).__name__
+def unreadable(error: Exception) -> InputError:
+    """The input error for a file h5py cannot read: its reason without file paths or data."""
+    reason = str(error).strip("'\"").split("(")[0].strip()[:200] or type(error).__name__
+    return InputError(f"the file is not a readable HDF5 file (truncated or corrupt): {reason}", "unreadable_hdf5")
 
 
 # ------------------------------------------------------------------------------------------------ header
@@ -182,40 +187,24 @@ def _scan_acquisitions(group: h5py.Group, max_records: int | None) -> dict[str, 
             max_slice = max(max_slice, int(keys[:, 0].max()))
             images.update(map(tuple, np.unique(keys, axis=0).tolist()))
     return {"records": records, "noise_records": noise, "payload_bytes": payload,
-            "stored_payload_bytes": stored_vlen_bytes(data), "max_channels": max_channels,
+            "max_channels": max_channels,
             "max_samples": max_samples, "images": len(images), "max_slice_index": max_slice}
 
 
 # ------------------------------------------------------------------------------------------------ HDF5 sizes
-def _hdf5_library() -> Any:
-    """h5py's own libhdf5 (the one whose object ids h5py hands out), for a call h5py does not wrap."""
-    candidates = glob.glob(os.path.join(os.path.dirname(h5py.__file__), os.pardir, "h5py.libs", "libhdf5-*.so*"))
-    names = [c for c in candidates if "_hl" not in os.path.basename(c)]
-    if not names:
+def undeclared_bytes(f: h5py.File, max_objects: int = 10000) -> int | None:
+    """File bytes not explained by the datasets' own storage: the variable-length samples of the acquisitions
+    (and the header text) live there. None when the file holds too many objects to count cheaply."""
+    counted = [0, 0]
+
+    def visit(_: str, item: Any) -> Any:
+        counted[1] += 1
+        if counted[1] > max_objects:
+            return True
+        if isinstance(item, h5py.Dataset):
+            counted[0] += item.id.get_storage_size()
         return None
-    library = ctypes.CDLL(names[0])
-    library.H5Dvlen_get_buf_size.argtypes = [ctypes.c_int64] * 3 + [ctypes.POINTER(ctypes.c_uint64)]
-    library.H5Dvlen_get_buf_size.restype = ctypes.c_int
-    return library
 
-
-_LIBRARY: list[Any] = []
-
-
-def stored_vlen_bytes(dataset: h5py.Dataset) -> int | None:
-    """Bytes the variable-length members of a compound dataset hold in the file (H5Dvlen_get_buf_size: it
-    reads only the lengths for compound types), or None where the library cannot be reached."""
-    if not _LIBRARY:
-        try:
-            _LIBRARY.append(_hdf5_library())
-        except (OSError, AttributeError):
-            _LIBRARY.append(None)
-    library = _LIBRARY[0]
-    if library is None:
+    if f.visititems(visit) is not None:
         return None
-    size = ctypes.c_uint64()
-    with phil:  # h5py's lock: HDF5 is not thread-safe, and this call bypasses h5py
-        datatype, space = dataset.id.get_type(), dataset.id.get_space()  # kept alive for the call
-        status = library.H5Dvlen_get_buf_size(dataset.id.id, datatype.id, space.id, ctypes.byref(size))
-        del datatype, space
-    return int(size.value) if status >= 0 else None
+    return max(0, Path(f.filename).stat().st_size - counted[0])

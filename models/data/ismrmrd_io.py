@@ -24,7 +24,7 @@ from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
 from models.data.acquisitions import AcquisitionAssembler
 from models.data.input_errors import InputError
 from models.data.ismrmrd_header import build_header, header_to_xml, parse_header
-from models.data.ismrmrd_inspect import check_data_dataset
+from models.data.ismrmrd_inspect import HDF5_ERRORS, check_data_dataset, unreadable
 from models.data.sample import Geometry, KSpaceSample, SampleIndex
 
 _INDEX_FIELDS = ("slice", "contrast", "repetition", "set", "phase")
@@ -40,11 +40,16 @@ def read_acquisitions(path: str | Path, dataset: str = "dataset") -> tuple[str, 
 
 @contextlib.contextmanager
 def _open_dataset(path: str | Path, dataset: str) -> Iterator[tuple[str, Any]]:
+    """``(xml, acquisitions)`` of an open file; the acquisitions are read lazily, in chunks."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ISMRMRD file not found: {path}")
     try:
-        with h5py.File(path, "r") as f:
+        handle = h5py.File(path, "r")
+    except HDF5_ERRORS as exc:
+        raise unreadable(exc) from exc
+    with handle as f:
+        try:
             if dataset not in f or not isinstance(f[dataset], h5py.Group):
                 raise InputError(f"{path.name} has no ISMRMRD dataset group {dataset!r} (top-level: "
                                  f"{sorted(f)[:20]})", "no_ismrmrd_dataset")
@@ -56,16 +61,21 @@ def _open_dataset(path: str | Path, dataset: str) -> Iterator[tuple[str, Any]]:
                 xml = xml.decode("utf-8", errors="replace")
             if not isinstance(xml, str):
                 raise InputError(f"{path.name}: the 'xml' dataset does not hold a string", "bad_header_dataset")
-            yield xml, _acquisitions(path, check_data_dataset(group))
-    except OSError as exc:
-        raise InputError(f"{path.name} is not a readable HDF5 file (truncated or corrupt): "
-                         f"{str(exc).split('(')[0].strip()[:200]}", "unreadable_hdf5") from exc
+            records = check_data_dataset(group)
+        except InputError:
+            raise
+        except HDF5_ERRORS as exc:
+            raise unreadable(exc) from exc
+        yield xml, _acquisitions(records)
 
 
-def _acquisitions(path: Path, records: h5py.Dataset) -> Iterator[Any]:
+def _acquisitions(records: h5py.Dataset) -> Iterator[Any]:
     """Every acquisition of an ISMRMRD ``data`` dataset, read in chunks, each checked against its header."""
     for start in range(0, records.shape[0], READ_CHUNK_RECORDS):
-        chunk = records[start:start + READ_CHUNK_RECORDS]
+        try:
+            chunk = records[start:start + READ_CHUNK_RECORDS]
+        except HDF5_ERRORS as exc:
+            raise unreadable(exc) from exc
         heads = np.asarray(chunk["head"]).astype(acquisition_header_dtype)
         for offset in range(chunk.size):
             i = start + offset

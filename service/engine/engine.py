@@ -51,8 +51,11 @@ class Engine:
         self._batchers: dict[str, Batcher] = {}
         self._loaded = False
         self._cache = TrajectoryCacheTracker()
-        self._pool = ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2)),
-                                        thread_name_prefix="mrdserve-prep")
+        workers = max(2, min(8, os.cpu_count() or 2))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mrdserve-prep")
+        # the classical path has no batcher: it is bounded like one (waiting + running slices)
+        self._classical_limit = self.config.queue_size + workers
+        self._classical_inflight = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -164,8 +167,15 @@ class Engine:
                                method: str = "auto") -> ReconResult:
         loop = asyncio.get_running_loop()
         if plan.artifact is None:
+            if self._classical_inflight >= self._classical_limit:
+                raise QueueFullError(f"the classical reconstruction queue is full ({self._classical_inflight} slices "
+                                     f"waiting or running); retry later", 1.0)
+            self._classical_inflight += 1
             started = time.perf_counter()
-            result = await loop.run_in_executor(self._pool, self._classical, sample, plan, method)
+            try:
+                result = await loop.run_in_executor(self._pool, self._classical, sample, plan, method)
+            finally:
+                self._classical_inflight -= 1
             self.metrics.observe_stage("inference", time.perf_counter() - started)
             result.timings["inference"] = time.perf_counter() - started
             return result

@@ -150,12 +150,12 @@ class MrdSession:
             error = f"malformed stream: {failure}"
         except StreamEndedError:
             error = "the client closed the connection without sending CLOSE"
+        except TimeoutError:  # before OSError, of which it is a subclass
+            error = f"no message for {self.read_timeout_s:g} s; the stream was closed (MRDSERVE_READ_TIMEOUT_S)"
         except (ConnectionError, OSError) as failure:
             error = f"connection lost: {failure}"
         except asyncio.CancelledError:
             error = "the server is shutting down; the stream was cut before its CLOSE"
-        except TimeoutError:
-            error = f"no message for {self.read_timeout_s:g} s; the stream was closed (MRDSERVE_READ_TIMEOUT_S)"
         except Exception as failure:  # a bug of ours: end this stream only, with a reason
             logger.exception("mrd session %s failed", self.id)
             error = f"internal error: {type(failure).__name__}: {str(failure)[:300]}"

@@ -174,3 +174,34 @@ def test_poisoned_job_fails_alone_and_its_batch_mates_succeed():
     assert isinstance(outcomes[1], ReconstructionError) and "cannot reconstruct poison" in str(outcomes[1])
     assert runner.batches[0] == [1, "poison", 3, 4]  # the batch ran once, then job by job
     assert runner.batches[1:] == [[1], ["poison"], [3], [4]]
+
+
+def test_withdrawing_a_tensor_job_behind_another_neither_raises_nor_runs_it():
+    """Jobs are compared by identity: a tensor payload's ``==`` would be ambiguous (it once raised here)."""
+    import torch
+
+    runner_batches: list[int] = []
+    gate = threading.Event()
+
+    def run(payloads: list) -> list:
+        gate.wait(10)
+        runner_batches.append(len(payloads))
+        return [p.sum().item() for p in payloads]
+
+    async def scenario():
+        batcher = Batcher("fake", run, max_batch=1, max_wait_s=0.0, queue_size=8)
+        running = asyncio.ensure_future(batcher.submit(torch.ones(3)))
+        await _until(lambda: batcher.depth == 0)
+        ahead = asyncio.ensure_future(batcher.submit(torch.ones(3)))
+        behind = asyncio.ensure_future(batcher.submit(torch.ones(3), timeout_s=0.05))
+        await _until(lambda: batcher.depth == 2)
+        with pytest.raises(TimeoutError, match="did not finish within"):
+            await behind
+        depth = batcher.depth
+        gate.set()
+        values = [r.value for r in await asyncio.gather(running, ahead)]
+        await batcher.close()
+        return depth, values
+
+    depth, values = asyncio.run(scenario())
+    assert depth == 1 and values == [3.0, 3.0] and runner_batches == [1, 1]

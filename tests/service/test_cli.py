@@ -50,7 +50,7 @@ def test_recon_reports_missing_and_unreadable_input(tmp_path, capsys):
     text = tmp_path / "notes.h5"
     text.write_text("not an HDF5 file")
     assert main(["recon", str(text), "-o", str(tmp_path), "--format", "dicom"]) == 2
-    assert "not a readable HDF5 file" in capsys.readouterr().err
+    assert "is not HDF5" in capsys.readouterr().err
 
 
 def test_runtime_commands_do_not_load_training_code():

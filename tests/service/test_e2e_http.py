@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -252,3 +253,32 @@ def test_async_jobs_survive_sigkill_and_a_full_queue_answers_503(inputs, tmp_pat
         assert httpx.get(second.url + "/healthz", timeout=5).json()["status"] == "ok"
     finally:
         second.stop()
+
+
+def test_sigterm_drains_a_synchronous_request_and_a_second_instance_keeps_off_the_spool(tmp_path):
+    """SIGTERM while a request runs: it is answered, then the process exits 0; a second `mrdserve serve` on the
+    same spool refuses to start (it would re-run the first one's jobs)."""
+    from service.cli import main
+    scan = tmp_path / "slices.h5"
+    assert main(["simulate", str(scan), "--matrix", "128", "--coils", "8", "--acceleration", "4", "--slices", "6",
+                 "--seed", "2"]) == 0
+    first = Server(tmp_path / "spool", tmp_path / "first.log")
+    try:
+        first.wait()
+        second = Server(tmp_path / "spool", tmp_path / "second.log")
+        assert second.process.wait(timeout=120) == 1
+        assert "in use by another mrdserve process" in (tmp_path / "second.log").read_text()
+        answer: dict[str, httpx.Response] = {}
+        request = threading.Thread(target=lambda: answer.setdefault("r", _post(
+            first.url, scan, timeout=120, artifact="classical", method="l1-wavelet", format="png")))
+        request.start()
+        deadline = time.monotonic() + 30
+        while "mrdserve_inflight_requests 1.0" not in httpx.get(first.url + "/metrics").text:
+            assert time.monotonic() < deadline and request.is_alive()
+            time.sleep(0.05)
+        first.process.send_signal(signal.SIGTERM)
+        assert first.process.wait(timeout=90) == 0
+        request.join(30)
+        assert answer["r"].status_code == 200 and answer["r"].headers["x-mrdserve-slices"] == "6"
+    finally:
+        first.stop()

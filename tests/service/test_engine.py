@@ -144,3 +144,27 @@ def test_stage_metrics_recorded(loop, engine, radial):
     loop.run_until_complete(engine.reconstruct(radial[1][:2]))
     assert all(count(stage) == before[stage] + 2 for stage in before)
     assert engine.metrics.sample_value("mrdserve_queue_depth", {"artifact": radial[0].label}) == 0
+
+
+def test_the_classical_path_is_bounded_like_a_queue(tmp_path):
+    """No artifact: every slice goes the classical way, which refuses (503) beyond queue_size + its workers."""
+    from models.data.ismrmrd_io import read_ismrmrd
+    from service.engine.batcher import QueueFullError
+    from tests.service.hostile_peers import small_file
+
+    engine = Engine(ServiceConfig(artifacts=[tmp_path], device="cpu", queue_size=1, warmup=False))
+    sample = read_ismrmrd(small_file(tmp_path / "scan.h5", matrix=64, coils=4))[1][0]
+
+    async def burst() -> list:
+        await engine.start()
+        try:
+            return await asyncio.gather(*(engine.reconstruct([sample], method="l1-wavelet") for _ in range(12)),
+                                        return_exceptions=True)
+        finally:
+            await engine.shutdown()
+
+    outcomes = asyncio.run(burst())
+    refused = [o for o in outcomes if isinstance(o, QueueFullError)]
+    answered = [o for o in outcomes if isinstance(o, list)]
+    assert len(answered) == engine._classical_limit and len(refused) == 12 - len(answered)
+    assert "classical reconstruction queue is full" in str(refused[0]) and refused[0].retry_after_s >= 1
