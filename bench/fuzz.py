@@ -39,7 +39,7 @@ def main() -> int:
         print(run.stdout[-4000:])
     print(f"cases_per_entry_point={args.cases} first_seed={args.seed} failed_entry_points={failed if outcomes else 4} "
           f"seconds={seconds:.0f}")
-    return 0
+    return 1 if failed or not outcomes else 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from gadgets.settings import GadgetSettings
 from models.data.acquisitions import AcquisitionAssembler
 from models.data.ismrmrd_header import encoding_info, header_to_xml, parse_header
 from models.data.sample import KSpaceSample
-from service.admission import StreamBudget, admit_header, check_samples
+from service.admission import GADGET_TRAJECTORIES, StreamBudget, admit_header, check_samples
 from service.engine.engine import Engine
 from service.engine.result import ReconResult
 from service.log import log_event
@@ -119,7 +119,7 @@ class GadgetSession:
             self.connection.read_timeout_s = self.settings.read_timeout_s
             self.connection.sock.settimeout(self.settings.read_timeout_s)
         budget = self.settings.service_config().budget
-        self.header = admit_header(self.connection.header_text, budget)
+        self.header = admit_header(self.connection.header_text, budget, trajectories=GADGET_TRAJECTORIES)
         self._budget = StreamBudget(self.header, budget)
         if self.run_samples is None:
             engine = self.engine if self.engine is not None else shared_engine(self.settings)
@@ -165,6 +165,7 @@ class GadgetSession:
         if self._assembler is None:
             if acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
                 self._pending_noise.append(acq)  # the assembler's header depends on the first data readout
+                self._budget.check_buffered(sum(noise.data.nbytes for noise in self._pending_noise))
                 return []
             header = self._header_for_readout(int(acq.number_of_samples))
             self._assembler = AcquisitionAssembler(header, prewhiten=bool(self.settings and self.settings.prewhiten))

@@ -19,17 +19,19 @@ import torch
 
 from models.data.input_errors import InputError, LimitError
 from models.data.ismrmrd_header import encoding_info, parse_header
-from models.data.ismrmrd_inspect import Declaration, inspect_ismrmrd
+from models.data.ismrmrd_inspect import DEFAULT_MAX_HEADER_BYTES, Declaration, inspect_ismrmrd
 from models.data.sample import KSpaceSample
 
 SUPPORTED_TRAJECTORIES = ("cartesian", "radial", "goldenangle", "spiral")
+# EPI arrives at the gadget after Gadgetron's own EPI correction, as Cartesian lines; raw EPI elsewhere is refused
+GADGET_TRAJECTORIES = (*SUPPORTED_TRAJECTORIES, "epi")
 MAX_CHANNELS = 1024  # ISMRMRD's channel mask holds 1024 channels
 BYTES_PER_RECORD = 512  # an acquisition header plus its in-memory bookkeeping, a floor for the record count check
-WORKING_SET_FACTOR = 8  # preparation and reconstruction hold about this many copies of one image's k-space
+WORKING_SET_FACTOR = 8  # 2D preparation and reconstruction hold about this many copies of one image's k-space
+WORKING_SET_FACTOR_3D = 4  # 3D (classical CG-SENSE only): coil images, maps and a few volumes
 CONCURRENT_IMAGES = 4  # images of one request in preparation/reconstruction at a time (the engine's batch)
 NONCARTESIAN_GRID_OVERSAMPLING = 2.0  # NUFFT grids are oversampled this much per dimension
 MIB = 1024**2
-METADATA_SLACK_BYTES = 32 * MIB  # HDF5 metadata and small datasets beside the samples, allowed in any file
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Budget:
     max_matrix: int = 1024  # largest encoded or recon size along any axis (readout oversampling included)
     max_slices: int = 1024  # images (slices x contrasts x repetitions x sets x phases) in one file
     max_request_bytes: int = 4 * 1024**3  # estimated memory one request may use
-    max_header_bytes: int = 16 * MIB
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_parse_s: float = 120.0  # reading one uploaded file (a corrupt HDF5 structure can make the reader loop)
 
     def __post_init__(self) -> None:
@@ -74,25 +76,30 @@ def _beyond(what: str, value: int, limit: int, setting: str) -> LimitError:
 
 
 def image_bytes(header: Any, channels: int) -> tuple[int, int]:
-    """(k-space bytes of one image, working bytes of one image in reconstruction) for ``channels`` coils."""
+    """(k-space bytes of one assembled image, bytes its reconstruction works with) for ``channels`` coils.
+
+    Cartesian images are kept without their readout oversampling; the full encoded grid exists only while one
+    image is assembled (counted in the working set). Non-Cartesian k-space is the acquisitions themselves.
+    """
     info = encoding_info(header)
-    encoded = math.prod(info.encoded_matrix)
+    factor = WORKING_SET_FACTOR_3D if info.is_3d else WORKING_SET_FACTOR
     recon = math.prod(info.recon_matrix)
-    kspace = 8 * channels * encoded
-    if info.trajectory == "cartesian":
-        return kspace, WORKING_SET_FACTOR * 8 * channels * max(encoded, recon)
-    dims = 3 if info.is_3d else 2
-    grid = recon * NONCARTESIAN_GRID_OVERSAMPLING ** dims
-    return 0, int(WORKING_SET_FACTOR * 8 * channels * grid)
+    if info.trajectory in ("cartesian", "epi"):
+        _, y, z = info.encoded_matrix
+        kept = info.readout_length_after_oversampling * y * z
+        return 8 * channels * kept, 8 * channels * (factor * max(kept, recon) + math.prod(info.encoded_matrix))
+    grid = recon * NONCARTESIAN_GRID_OVERSAMPLING ** (3 if info.is_3d else 2)
+    return 0, int(factor * 8 * channels * grid)
 
 
-def admit_header(header: Any, budget: Budget, channels: int | None = None) -> Any:
+def admit_header(header: Any, budget: Budget, channels: int | None = None,
+                 trajectories: tuple[str, ...] = SUPPORTED_TRAJECTORIES) -> Any:
     """The parsed header, checked: supported trajectory, matrix and slice limits, one image within the budget."""
     header = parse_header(header)
     info = encoding_info(header)
-    if info.trajectory not in SUPPORTED_TRAJECTORIES:
+    if info.trajectory not in trajectories:
         raise InputError(f"trajectory {info.trajectory!r} in the ISMRMRD header is not supported; supported: "
-                         f"{', '.join(SUPPORTED_TRAJECTORIES)}", "unsupported_trajectory")
+                         f"{', '.join(trajectories)}", "unsupported_trajectory")
     for space, matrix in (("encoded", info.encoded_matrix), ("recon", info.recon_matrix)):
         for axis, size in zip("xyz", matrix, strict=True):
             if size < 1:
@@ -112,12 +119,25 @@ def admit_header(header: Any, budget: Budget, channels: int | None = None) -> An
     if not 1 <= coils <= MAX_CHANNELS:
         raise InputError(f"the header declares {coils} receiver channels; 1..{MAX_CHANNELS} are supported",
                          "invalid_ismrmrd_header")
-    kspace, working = image_bytes(header, coils)
-    if kspace + working > budget.max_request_bytes:
-        raise LimitError(f"one image of this header needs about {(kspace + working) / MIB:.0f} MiB ({coils} coils, "
-                         f"encoded matrix {'x'.join(map(str, info.encoded_matrix))}), beyond the limit of "
-                         f"{budget.max_request_bytes / MIB:.0f} MiB (MRDSERVE_MAX_REQUEST_BYTES)")
+    check_one_image(header, coils, budget)
     return header
+
+
+def check_one_image(header: Any, channels: int, budget: Budget) -> None:
+    """Refuse a header whose single image, with ``channels`` coils, needs more than the whole budget."""
+    kspace, working = image_bytes(header, channels)
+    if kspace + working > budget.max_request_bytes:
+        info = encoding_info(header)
+        raise LimitError(f"one image of this header needs about {(kspace + working) / MIB:.0f} MiB ({channels} "
+                         f"coils, encoded matrix {'x'.join(map(str, info.encoded_matrix))}), beyond the limit of "
+                         f"{budget.max_request_bytes / MIB:.0f} MiB (MRDSERVE_MAX_REQUEST_BYTES)")
+
+
+def check_readout(info: Any, samples: int) -> None:
+    """Refuse Cartesian readouts longer than twice the encoded readout (no placement can hold them)."""
+    if info.trajectory in ("cartesian", "epi") and samples > info.encoded_matrix[0] * 2:
+        raise InputError(f"an acquisition holds {samples} samples, more than twice the encoded readout of "
+                         f"{info.encoded_matrix[0]}", "inconsistent_data")
 
 
 def declared_slices(header: Any) -> int:
@@ -134,7 +154,8 @@ def estimate_file(declaration: Declaration) -> Estimate:
     channels = max(1, declaration.max_channels)
     kspace, working = image_bytes(declaration.header, channels)
     images = max(1, declaration.images)
-    acquired = declaration.payload_bytes
+    info = encoding_info(declaration.header)
+    acquired = 0 if info.trajectory in ("cartesian", "epi") else declaration.payload_bytes  # Cartesian: kspace
     return Estimate(acquired_bytes=acquired, kspace_bytes=kspace * images,
                     working_bytes=working * min(images, CONCURRENT_IMAGES))
 
@@ -147,11 +168,7 @@ def admit_file(path: str | Path, group: str, budget: Budget) -> Declaration:
     if declaration.max_channels > MAX_CHANNELS:
         raise InputError(f"an acquisition declares {declaration.max_channels} active channels; at most "
                          f"{MAX_CHANNELS} are supported", "inconsistent_data")
-    undeclared = declaration.undeclared_bytes
-    explained = 2 * declaration.payload_bytes + declaration.header_bytes + METADATA_SLACK_BYTES
-    if undeclared is not None and undeclared > explained + BYTES_PER_RECORD * declaration.records:
-        raise InputError(f"the file holds {undeclared} bytes outside its datasets' storage, but its acquisition "
-                         f"headers declare only {declaration.payload_bytes} bytes of samples", "inconsistent_data")
+    check_readout(encoding_info(declaration.header), declaration.max_samples)
     if declaration.images > budget.max_slices:
         raise _beyond("the number of images in the file", declaration.images, budget.max_slices,
                       "MRDSERVE_MAX_SLICES")
@@ -166,23 +183,27 @@ def admit_file(path: str | Path, group: str, budget: Budget) -> Declaration:
 
 
 class StreamBudget:
-    """Bounds what one stream buffers (acquisitions of images not yet complete) by the request budget."""
+    """Bounds what one stream holds (incomplete images, noise scans, slices waiting to be reconstructed) by the
+    request budget, and checks each acquisition's declared sizes before its image is assembled."""
 
     def __init__(self, header: Any, budget: Budget) -> None:
         self.budget = budget
+        self.header = header
         self.info = encoding_info(header)
+        self._channels_checked: set[int] = set()
 
     def check_acquisition(self, channels: int, samples: int) -> None:
-        """Refuse an acquisition whose declared channels or samples the header cannot hold."""
+        """Refuse an acquisition whose channels or samples no image within the budget can hold."""
         if not 1 <= channels <= MAX_CHANNELS:
             raise InputError(f"an acquisition declares {channels} active channels; 1..{MAX_CHANNELS} are supported",
                              "inconsistent_data")
-        if self.info.trajectory == "cartesian" and samples > self.info.encoded_matrix[0] * 2:
-            raise InputError(f"an acquisition holds {samples} samples, more than twice the encoded readout of "
-                             f"{self.info.encoded_matrix[0]}", "inconsistent_data")
+        check_readout(self.info, samples)
+        if channels not in self._channels_checked:  # the header's image with this many coils must fit
+            check_one_image(self.header, channels, self.budget)
+            self._channels_checked.add(channels)
 
     def check_buffered(self, buffered_bytes: int) -> None:
-        """Refuse a stream whose open images hold more than the budget."""
+        """Refuse a stream whose incomplete images and noise scans hold more than the budget."""
         if buffered_bytes > self.budget.max_request_bytes:
             raise LimitError(f"the stream's incomplete images hold {buffered_bytes / MIB:.0f} MiB, beyond the "
                              f"limit of {self.budget.max_request_bytes / MIB:.0f} MiB (MRDSERVE_MAX_REQUEST_BYTES)")

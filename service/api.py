@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
@@ -232,13 +233,13 @@ def only_query(*names: str) -> Callable[[Request], Awaitable[None]]:
     allowed = set(names)
 
     async def check(request: Request) -> None:
-        keys = [key for key, _ in request.query_params.multi_items()]
-        unknown = sorted({key[:50] for key in keys if key not in allowed})
+        counts = Counter(key for key, _ in request.query_params.multi_items())
+        unknown = sorted({key[:50] for key in counts if key not in allowed})
         if unknown:
             known = (f"; this endpoint takes {', '.join(sorted(allowed))}" if allowed
                      else "; this endpoint takes no query parameters")
             raise ApiError(422, "unknown_parameter", f"unknown query parameter(s): {', '.join(unknown)}{known}")
-        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        repeated = sorted(key for key, count in counts.items() if count > 1)
         if repeated:
             raise ApiError(422, "repeated_parameter", f"query parameter(s) given more than once: "
                                                       f"{', '.join(repeated)}")
@@ -313,7 +314,6 @@ def create_app(config: ServiceConfig, engine: Any = None, spool: JobSpool | None
     # -------------------------------------------------------------------------------------- lifecycle
     async def start_engine() -> None:
         try:
-            await run_in_threadpool(bounded_read.start)  # the file readers' forkserver, warm before any upload
             await engine.start()
         except Exception as error:  # reported by /readyz and the log, the process stays up
             state["start_error"] = str(error)
@@ -337,7 +337,8 @@ def create_app(config: ServiceConfig, engine: Any = None, spool: JobSpool | None
         spool.acquire()  # SpoolInUseError: another instance runs these jobs; refuse to start
         shutil.rmtree(work_root, ignore_errors=True)
         work_root.mkdir(parents=True, exist_ok=True)
-        background = [asyncio.create_task(start_engine()), asyncio.create_task(expire_results())]
+        background = [asyncio.create_task(start_engine()), asyncio.create_task(expire_results()),
+                      asyncio.create_task(run_in_threadpool(bounded_read.start))]  # the file readers' forkserver
         background += [asyncio.create_task(job_worker()) for _ in range(max(1, config.max_batch))]
         try:
             yield

@@ -11,10 +11,12 @@ A child that dies or overruns becomes an ``InputError`` naming what happened, ne
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
 import resource
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from service.admission import Budget, admit_file, check_samples
 
 PRELOAD = ["service.reader_warmup"]  # imports the readers and warms their caches once
 ADDRESS_SPACE_MARGIN = 512 * 1024**2  # what reading allocates besides the k-space the budget counts
+READ_SECONDS_FLOOR = 10.0  # every read gets this long, plus the file's size at READ_BYTES_PER_S ...
+READ_BYTES_PER_S = 20 * 1024**2  # ... (a loop in a corrupt file is stopped long before max_parse_s)
 _context: list[Any] = []
 
 
@@ -54,22 +58,43 @@ def _send(sink: Connection, message: tuple[str, Any]) -> None:
     sink.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+def _cap_address_space(budget: Budget) -> None:
+    """Cap the child's address space at what it has plus the budget (never above an existing hard limit)."""
+    limit = _address_space_bytes() + budget.max_request_bytes + ADDRESS_SPACE_MARGIN
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    with contextlib.suppress(ValueError, OSError):  # a container that forbids it: the time limit still holds
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _is_allocation_failure(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or "allocate" in text or "out of memory" in text
+
+
 def _child(sink: Connection, path: str, group: str, budget: Budget, trajectory_units: str | None) -> None:
-    """Admit, read and check the file; send ("ok", (header, samples)) or ("input", (kind, code, message))."""
+    """Admit, read and check the file; send ("header", header), then ("sample", s) for each (one at a time, so
+    the pickled copy is never the whole request), then ("done", None); or one ("input"|"bug", ...) message."""
+    _cap_address_space(budget)
     try:
-        limit = _address_space_bytes() + budget.max_request_bytes + ADDRESS_SPACE_MARGIN
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         from models.data.ismrmrd_io import read_ismrmrd
 
         declaration = admit_file(path, group, budget)
         header, samples = read_ismrmrd(path, dataset=group, header=declaration.header,
                                        trajectory_units=trajectory_units)
         check_samples(samples)
-        _send(sink, ("ok", (header, samples)))
-    except MemoryError:
-        _send(sink, ("input", ("limit", "beyond_limit", f"reading the file needed more memory than the request budget "
-                                                      f"of {budget.max_request_bytes} bytes "
-                                                      f"(MRDSERVE_MAX_REQUEST_BYTES)")))
+        _send(sink, ("header", header))
+        while samples:
+            _send(sink, ("sample", samples.pop(0)))
+        _send(sink, ("done", None))
+    except (MemoryError, RuntimeError) as error:
+        if _is_allocation_failure(error):  # the address-space cap: torch raises RuntimeError, numpy MemoryError
+            _send(sink, ("input", ("limit", "beyond_limit", f"reading the file needed more memory than the request "
+                                                          f"budget of {budget.max_request_bytes} bytes "
+                                                          f"(MRDSERVE_MAX_REQUEST_BYTES)")))
+        else:
+            _send(sink, ("bug", f"{type(error).__name__}: {str(error)[:300]}"))
     except InputError as error:
         _send(sink, ("input", ("limit" if isinstance(error, LimitError) else "input", error.code, str(error))))
     except ValueError as error:  # the assembler's consistency checks
@@ -87,29 +112,38 @@ def read_bounded(path: Path, group: str, budget: Budget,
     Raises ``InputError`` / ``LimitError`` for the file's problems (also: a read that overran
     ``budget.max_parse_s`` or crashed the reader) and RuntimeError for a bug of ours.
     """
-    timeout_s = budget.max_parse_s
+    timeout_s = min(budget.max_parse_s, READ_SECONDS_FLOOR + path.stat().st_size / READ_BYTES_PER_S)
     context = _forkserver()
     receiver, sender = context.Pipe(duplex=False)
     child = context.Process(target=_child, args=(sender, str(path), group, budget, trajectory_units), daemon=True)
     child.start()
     sender.close()
+    deadline = time.monotonic() + timeout_s
+    header, samples = None, []
     try:
-        if not receiver.poll(timeout_s):
-            raise InputError(f"reading the file did not finish within {timeout_s:g} s (a corrupt HDF5 structure "
-                             f"can make the reader loop); it was stopped (MRDSERVE_MAX_PARSE_S)", "unreadable_hdf5")
-        try:
-            kind, payload = pickle.loads(receiver.recv_bytes())
-        except (EOFError, OSError, pickle.UnpicklingError):
-            raise InputError("the HDF5 reader stopped on this file (corrupt or truncated); nothing was "
-                             "reconstructed", "unreadable_hdf5") from None
+        while True:
+            if not receiver.poll(max(0.0, deadline - time.monotonic())):
+                raise InputError(f"reading the file did not finish within {timeout_s:.0f} s (a corrupt HDF5 "
+                                 f"structure can make the reader loop); it was stopped (MRDSERVE_MAX_PARSE_S)",
+                                 "unreadable_hdf5")
+            try:
+                kind, payload = pickle.loads(receiver.recv_bytes())
+            except (EOFError, OSError, pickle.UnpicklingError):
+                raise InputError("the HDF5 reader stopped on this file (corrupt or truncated); nothing was "
+                                 "reconstructed", "unreadable_hdf5") from None
+            if kind == "header":
+                header = payload
+            elif kind == "sample":
+                samples.append(payload)
+            elif kind == "done":
+                return header, samples
+            elif kind == "input":
+                category, code, message = payload
+                raise (LimitError if category == "limit" else InputError)(message, code)
+            else:
+                raise RuntimeError(f"reading the file failed: {payload}")
     finally:
         receiver.close()
         if child.is_alive():
             child.kill()
         child.join(5)
-    if kind == "ok":
-        return payload
-    if kind == "input":
-        category, code, message = payload
-        raise (LimitError if category == "limit" else InputError)(message, code)
-    raise RuntimeError(f"reading the file failed: {payload}")

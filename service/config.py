@@ -57,10 +57,10 @@ class ServiceConfig:
     result_ttl_s: float = 3600.0
     upload_max_bytes: int = 2 * 1024**3
     # admission (service.admission): what one request may declare and use, checked before any data is read
-    max_matrix: int = 1024
-    max_slices: int = 1024
-    max_request_bytes: int = 4 * 1024**3
-    max_parse_s: float = 120.0
+    max_matrix: int = Budget.max_matrix
+    max_slices: int = Budget.max_slices
+    max_request_bytes: int = Budget.max_request_bytes
+    max_parse_s: float = Budget.max_parse_s
     # connections: a client that sends nothing for read_timeout_s is dropped; beyond max_connections per entry
     # point new connections are refused (REST 503, MRD ERROR); mrd_allow limits who may open MRD streams
     read_timeout_s: float = 30.0

@@ -24,7 +24,9 @@ from typing import Any
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("mrdserve_request_id", default="")
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-_QUOTED = re.compile(r"`[^`]*`|'[^']*'|\"[^\"]*\"")
+# a quoted passage opens after a non-word character (so "acquisition's" is no opening quote) and closes before one
+_QUOTED = re.compile(r"(?<!\w)(?:`[^`]*`|'[^']*'|\"[^\"]*\")(?!\w)")
+_FRAME = re.compile(r'^\s*File "[^"]*", line \d+')
 _FREE_TEXT_FIELDS = ("error", "reason", "exception")
 WITHHELD = "<withheld>"
 
@@ -35,9 +37,8 @@ def withhold_quoted(text: str) -> str:
 
 
 def _withhold_in_traceback(text: str) -> str:
-    """A traceback with quoted passages withheld in its exception messages (frames and source lines kept)."""
-    return "\n".join(line if line.startswith((" ", "Traceback")) else withhold_quoted(line)
-                     for line in text.splitlines())
+    """A traceback with quoted passages withheld everywhere but in its frame lines (file, line, function)."""
+    return "\n".join(line if _FRAME.match(line) else withhold_quoted(line) for line in text.splitlines())
 
 
 def new_request_id() -> str:

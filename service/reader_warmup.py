@@ -4,6 +4,7 @@ FFT) instead of paying about 100 ms for them on every upload."""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -19,9 +20,14 @@ def warm_up() -> None:
     torch runs single-threaded here and in every reader: a forked child must not inherit a started OpenMP pool
     (it would deadlock on it), and reading is not where the cores are needed.
     """
+    torch.set_num_threads(1)
+    with contextlib.suppress(Exception):  # a cold cache is slower, not wrong: the forkserver must start anyway
+        _read_synthetic_file()
+
+
+def _read_synthetic_file() -> None:
     from models.data.ismrmrd_io import read_ismrmrd
 
-    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="mrdserve-warmup-") as directory:
         path = Path(directory) / "warmup.h5"
         kspace = torch.ones(1, 2, 16, 32, dtype=torch.complex64)

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
@@ -21,7 +22,6 @@ def guarded_h11(header_timeout_s: float) -> type[H11Protocol]:
 
     class GuardedH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
-        _armed_cycle: Any = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -29,7 +29,7 @@ def guarded_h11(header_timeout_s: float) -> type[H11Protocol]:
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self._header_timer is not None and self.cycle is not self._armed_cycle:
+            if self._header_timer is not None and self.conn.their_state is not h11.IDLE:
                 self._disarm()  # a new request's headers arrived
 
         def on_response_complete(self) -> None:
@@ -42,7 +42,6 @@ def guarded_h11(header_timeout_s: float) -> type[H11Protocol]:
 
         def _arm(self) -> None:
             self._disarm()
-            self._armed_cycle = self.cycle
             self._header_timer = self.loop.call_later(header_timeout_s, self._headers_too_slow)
 
         def _disarm(self) -> None:
@@ -52,7 +51,8 @@ def guarded_h11(header_timeout_s: float) -> type[H11Protocol]:
 
         def _headers_too_slow(self) -> None:
             self._header_timer = None
-            if self.cycle is self._armed_cycle and not self.transport.is_closing():
+            # IDLE: no request has begun (a pipelined one that did is running, not slow)
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 self.transport.close()
 
     return GuardedH11Protocol

@@ -137,8 +137,8 @@ class AcquisitionAssembler:
 
     @property
     def buffered_bytes(self) -> int:
-        """k-space bytes held in images that are not complete yet (streams bound this)."""
-        return sum(image.nbytes for image in self._open.values())
+        """Bytes held in images that are not complete yet and in noise scans (streams bound this)."""
+        return sum(image.nbytes for image in self._open.values()) + sum(noise.nbytes for noise in self._noise)
 
     @property
     def open_images(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ def parse_header(header: Any) -> Any:
     text = header.strip("\x00 \t\r\n")
     if not text.startswith("<"):
         raise InputError("header is not ISMRMRD XML (it does not start with '<')", "invalid_ismrmrd_header")
-    with warnings.catch_warnings(record=True) as caught:
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:  # process-wide state: one at a time
         warnings.simplefilter("always")
         try:
             parsed = xsd.CreateFromDocument(text)
@@ -102,6 +103,7 @@ def _check_finite(node: Any, where: str) -> None:
         raise InputError(f"header field {where} is not a finite number", "invalid_ismrmrd_header")
 
 
+_WARNINGS_LOCK = threading.Lock()
 _CONVERSION_FIELD = re.compile(r"Failed to convert value for `([\w.]+)`")
 _CONVERSION_TYPE = re.compile(r"is not a valid `([\w.]+)`\s*$")
 

@@ -2,9 +2,9 @@
 
 ``inspect_ismrmrd`` opens the file, checks that the ``xml`` and ``data`` datasets have the ISMRMRD types, bounds
 the header's size (from its on-disk length) and the record count (from the dataset's shape) before reading them,
-then scans the acquisition headers in chunks of ``HEAD_CHUNK_RECORDS`` for the sizes the data will need, and
-counts the file bytes its datasets' storage does not explain (the samples live there). HDF5 reads a chunk's
-samples even when only the header field is asked for, so the scan holds one chunk's samples at a time.
+then scans the acquisition headers in chunks of ``READ_CHUNK_RECORDS`` for the sizes the data will need. HDF5
+reads a chunk's samples even when only the header field is asked for, so the scan holds one chunk's samples at
+a time (run it where memory is bounded: ``service.bounded_read``).
 Admission (``service.admission``) compares the sizes with the configured budget before any image is assembled,
 so a hostile file (a billion records, a gigabyte header, a 100000 x 100000 matrix) costs almost nothing.
 """
@@ -23,7 +23,7 @@ from ismrmrd.hdf5 import acquisition_header_dtype
 from models.data.input_errors import InputError, LimitError
 from models.data.ismrmrd_header import parse_header
 
-HEAD_CHUNK_RECORDS = 1024  # acquisitions per read: HDF5 reads their samples too, even for the header field alone
+READ_CHUNK_RECORDS = 1024  # acquisitions per HDF5 read (it reads their samples even for the header field alone)
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024**2
 _NOISE_BIT = np.uint64(1) << np.uint64(ismrmrd.ACQ_IS_NOISE_MEASUREMENT - 1)
 _IMAGE_KEYS = ("slice", "contrast", "repetition", "set", "phase")
@@ -42,7 +42,6 @@ class Declaration:
     records: int
     noise_records: int
     payload_bytes: int  # data + trajectory of every acquisition, as their headers declare
-    undeclared_bytes: int | None  # file bytes outside the datasets' storage: samples, header, HDF5 metadata
     max_channels: int
     max_samples: int
     images: int  # distinct (slice, contrast, repetition, set, phase) among the data acquisitions
@@ -67,7 +66,6 @@ def inspect_ismrmrd(path: str | Path, dataset: str = "dataset", *, max_header_by
             xml, header_bytes = _read_xml(path, group, max_header_bytes)
             header = parse_header(xml)
             scan = _scan_acquisitions(group, max_records)
-            scan["undeclared_bytes"] = undeclared_bytes(f)
     except InputError:
         raise
     except HDF5_ERRORS as error:
@@ -167,8 +165,8 @@ def _scan_acquisitions(group: h5py.Group, max_records: int | None) -> dict[str, 
     noise = payload = max_channels = max_samples = 0
     max_slice = 0
     images: set[tuple[int, ...]] = set()
-    for start in range(0, records, HEAD_CHUNK_RECORDS):
-        heads = data.fields("head")[start:start + HEAD_CHUNK_RECORDS]
+    for start in range(0, records, READ_CHUNK_RECORDS):
+        heads = data.fields("head")[start:start + READ_CHUNK_RECORDS]
         channels = heads["active_channels"].astype(np.int64)
         samples = heads["number_of_samples"].astype(np.int64)
         dims = heads["trajectory_dimensions"].astype(np.int64)
@@ -189,22 +187,3 @@ def _scan_acquisitions(group: h5py.Group, max_records: int | None) -> dict[str, 
     return {"records": records, "noise_records": noise, "payload_bytes": payload,
             "max_channels": max_channels,
             "max_samples": max_samples, "images": len(images), "max_slice_index": max_slice}
-
-
-# ------------------------------------------------------------------------------------------------ HDF5 sizes
-def undeclared_bytes(f: h5py.File, max_objects: int = 10000) -> int | None:
-    """File bytes not explained by the datasets' own storage: the variable-length samples of the acquisitions
-    (and the header text) live there. None when the file holds too many objects to count cheaply."""
-    counted = [0, 0]
-
-    def visit(_: str, item: Any) -> Any:
-        counted[1] += 1
-        if counted[1] > max_objects:
-            return True
-        if isinstance(item, h5py.Dataset):
-            counted[0] += item.id.get_storage_size()
-        return None
-
-    if f.visititems(visit) is not None:
-        return None
-    return max(0, Path(f.filename).stat().st_size - counted[0])

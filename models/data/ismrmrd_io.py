@@ -1,7 +1,8 @@
 """Read ISMRMRD HDF5 files into ``KSpaceSample`` images and write synthetic ones (Cartesian, non-Cartesian).
 
-Reading goes through the same ``AcquisitionAssembler`` as live streams. Acquisitions are read and written
-as whole HDF5 compound arrays (one I/O call), in the layout ``ismrmrd.Dataset`` and the C++ tools use.
+Reading goes through the same ``AcquisitionAssembler`` as live streams. Acquisitions are read in chunks of
+HDF5 compound records (``READ_CHUNK_RECORDS``) and written as one compound array, in the layout
+``ismrmrd.Dataset`` and the C++ tools use.
 Writers take k-space in our layout (``[S, C, (kz,) ky, kx]``, readout last; Cartesian either recon-size or,
 with ``kspace_is_oversampled``, with the oversampled readout as acquired) and matrices/FOVs of the recon
 space; trajectories are stored in radians/sample, per sample as (kx, ky[, kz]) as ISMRMRD does.
@@ -24,11 +25,10 @@ from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
 from models.data.acquisitions import AcquisitionAssembler
 from models.data.input_errors import InputError
 from models.data.ismrmrd_header import build_header, header_to_xml, parse_header
-from models.data.ismrmrd_inspect import HDF5_ERRORS, check_data_dataset, unreadable
+from models.data.ismrmrd_inspect import HDF5_ERRORS, READ_CHUNK_RECORDS, check_data_dataset, unreadable
 from models.data.sample import Geometry, KSpaceSample, SampleIndex
 
 _INDEX_FIELDS = ("slice", "contrast", "repetition", "set", "phase")
-READ_CHUNK_RECORDS = 1024  # acquisitions read per HDF5 call
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -38,9 +38,24 @@ def read_acquisitions(path: str | Path, dataset: str = "dataset") -> tuple[str, 
         return xml, list(acquisitions)
 
 
+def _header_text(f: h5py.File, name: str, dataset: str) -> str:
+    """The XML header of ``dataset`` in an open file; ``InputError`` naming what is missing."""
+    if dataset not in f or not isinstance(f[dataset], h5py.Group):
+        raise InputError(f"{name} has no ISMRMRD dataset group {dataset!r} (top-level: {sorted(f)[:20]})",
+                         "no_ismrmrd_dataset")
+    group = f[dataset]
+    if "xml" not in group or not isinstance(group["xml"], h5py.Dataset) or group["xml"].size < 1:
+        raise InputError(f"{name}: dataset {dataset!r} has no 'xml' header", "no_ismrmrd_header")
+    xml = group["xml"][0]
+    if isinstance(xml, bytes):
+        xml = xml.decode("utf-8", errors="replace")
+    if not isinstance(xml, str):
+        raise InputError(f"{name}: the 'xml' dataset does not hold a string", "bad_header_dataset")
+    return xml
+
+
 @contextlib.contextmanager
-def _open_dataset(path: str | Path, dataset: str) -> Iterator[tuple[str, Any]]:
-    """``(xml, acquisitions)`` of an open file; the acquisitions are read lazily, in chunks."""
+def _open_file(path: str | Path) -> Iterator[h5py.File]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ISMRMRD file not found: {path}")
@@ -49,19 +64,16 @@ def _open_dataset(path: str | Path, dataset: str) -> Iterator[tuple[str, Any]]:
     except HDF5_ERRORS as exc:
         raise unreadable(exc) from exc
     with handle as f:
+        yield f
+
+
+@contextlib.contextmanager
+def _open_dataset(path: str | Path, dataset: str) -> Iterator[tuple[str, Any]]:
+    """``(xml, acquisitions)`` of an open file; the acquisitions are read lazily, in chunks."""
+    with _open_file(path) as f:
         try:
-            if dataset not in f or not isinstance(f[dataset], h5py.Group):
-                raise InputError(f"{path.name} has no ISMRMRD dataset group {dataset!r} (top-level: "
-                                 f"{sorted(f)[:20]})", "no_ismrmrd_dataset")
-            group = f[dataset]
-            if "xml" not in group or not isinstance(group["xml"], h5py.Dataset) or group["xml"].size < 1:
-                raise InputError(f"{path.name}: dataset {dataset!r} has no 'xml' header", "no_ismrmrd_header")
-            xml = group["xml"][0]
-            if isinstance(xml, bytes):
-                xml = xml.decode("utf-8", errors="replace")
-            if not isinstance(xml, str):
-                raise InputError(f"{path.name}: the 'xml' dataset does not hold a string", "bad_header_dataset")
-            records = check_data_dataset(group)
+            xml = _header_text(f, Path(path).name, dataset)
+            records = check_data_dataset(f[dataset])
         except InputError:
             raise
         except HDF5_ERRORS as exc:
@@ -425,14 +437,11 @@ def write_ismrmrd_noncartesian(
 
 def header_from_file(path: str | Path, dataset: str = "dataset") -> Any:
     """Just the parsed header of an ISMRMRD file (acquisitions are not read)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ISMRMRD file not found: {path}")
-    try:
-        with h5py.File(path, "r") as f:
-            if dataset not in f or "xml" not in f[dataset]:
-                raise ValueError(f"{path}: dataset {dataset!r} has no 'xml' header")
-            xml = f[dataset]["xml"][0]
-    except OSError as exc:
-        raise ValueError(f"{path} is not a readable HDF5 file (truncated or corrupt): {exc}") from exc
+    with _open_file(path) as f:
+        try:
+            xml = _header_text(f, Path(path).name, dataset)
+        except InputError:
+            raise
+        except HDF5_ERRORS as exc:
+            raise unreadable(exc) from exc
     return parse_header(xml)

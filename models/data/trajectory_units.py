@@ -38,7 +38,8 @@ def normalise_units(units: str) -> str:
     """Map a units name (alias, any case) to one of ``UNITS``; ValueError for an unknown name."""
     key = units.strip().lower()
     if key not in _ALIASES:
-        raise ValueError(f"trajectory units {units!r} not recognised; use one of {', '.join(UNITS)}")
+        raise ValueError(f"trajectory units not recognised (a name of {len(units)} characters); use one of "
+                         f"{', '.join(UNITS)}")
     return _ALIASES[key]
 
 

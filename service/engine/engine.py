@@ -53,7 +53,8 @@ class Engine:
         self._cache = TrajectoryCacheTracker()
         workers = max(2, min(8, os.cpu_count() or 2))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mrdserve-prep")
-        # the classical path has no batcher: it is bounded like one (waiting + running slices)
+        # the classical path has no batcher: new requests are refused (503) while this many of its slices wait or
+        # run (a request admitted below the bound runs all its slices)
         self._classical_limit = self.config.queue_size + workers
         self._classical_inflight = 0
 
@@ -151,6 +152,11 @@ class Engine:
             raise ShuttingDownError("the engine is not ready (loading artifacts or shutting down)", 5.0)
         check_method(method)
         plans = [self.plan(sample, artifact) for sample in samples]  # unknown names fail before any work
+        classical = sum(1 for plan in plans if plan.artifact is None)
+        if classical and self._classical_inflight >= self._classical_limit:
+            raise QueueFullError(f"the classical reconstruction queue is full ({self._classical_inflight} slices "
+                                 f"waiting or running); retry later", 1.0)
+        self._classical_inflight += classical  # a request already admitted runs all its slices
         timeout = self.config.request_timeout_s if timeout_s is None else timeout_s
         tasks = [asyncio.ensure_future(self._reconstruct_one(s, p, request_id, method))
                  for s, p in zip(samples, plans, strict=True)]
@@ -160,6 +166,7 @@ class Engine:
         except TimeoutError:
             raise TimeoutError(f"reconstruction did not finish within {timeout:g} s") from None
         finally:
+            self._classical_inflight -= classical
             for task in tasks:  # one failing (or the caller going away) cancels the rest of the request
                 task.cancel()
 
@@ -167,15 +174,8 @@ class Engine:
                                method: str = "auto") -> ReconResult:
         loop = asyncio.get_running_loop()
         if plan.artifact is None:
-            if self._classical_inflight >= self._classical_limit:
-                raise QueueFullError(f"the classical reconstruction queue is full ({self._classical_inflight} slices "
-                                     f"waiting or running); retry later", 1.0)
-            self._classical_inflight += 1
             started = time.perf_counter()
-            try:
-                result = await loop.run_in_executor(self._pool, self._classical, sample, plan, method)
-            finally:
-                self._classical_inflight -= 1
+            result = await loop.run_in_executor(self._pool, self._classical, sample, plan, method)
             self.metrics.observe_stage("inference", time.perf_counter() - started)
             result.timings["inference"] = time.perf_counter() - started
             return result

@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from service.admission import Budget
+from service.config import ServiceConfig
 from service.log import log_event
 from service.mrd.protocol import Limits, encode_close, encode_text
 from service.mrd.session import DEFAULT_LIMITS, ENGINE_WAIT_S, READ_TIMEOUT_S, MrdSession
@@ -21,7 +22,7 @@ from service.mrd.session import DEFAULT_LIMITS, ENGINE_WAIT_S, READ_TIMEOUT_S, M
 logger = logging.getLogger("mrdserve.mrd")
 
 READ_BUFFER_BYTES = 1 << 20
-DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_MAX_CONNECTIONS = ServiceConfig.max_connections
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

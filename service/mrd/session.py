@@ -26,6 +26,7 @@ from models.data.acquisitions import AcquisitionAssembler
 from models.data.baseline import METHODS
 from models.data.sample import KSpaceSample
 from service.admission import Budget, StreamBudget, admit_header, check_samples
+from service.config import ServiceConfig
 from service.engine.plan import plan_sample
 from service.log import log_event
 from service.memory import release_memory
@@ -48,7 +49,7 @@ ENTRYPOINT = "mrd"
 ENGINE_WAIT_S = 120.0  # how long a session that arrives during start-up waits for the engine
 QUEUE_RETRY_S = 30.0  # how long a slice retries while the batch queue is full before the stream fails
 SEND_TIMEOUT_S = 30.0  # a client that stops reading for this long loses its stream
-READ_TIMEOUT_S = 30.0  # a client that sends nothing for this long loses its stream
+READ_TIMEOUT_S = ServiceConfig.read_timeout_s  # a client that sends nothing for this long loses its stream
 DEFAULT_LIMITS = Limits()
 _session_ids = itertools.count(1)
 
@@ -131,6 +132,7 @@ class MrdSession:
         self._write_lock = asyncio.Lock()
         self._next_image_index = 1
         self._pending: set[asyncio.Task] = set()
+        self._pending_bytes = 0  # k-space of slices waiting for or in reconstruction
         self._reader_task: asyncio.Task | None = None
         self._failure: str | None = None
         self._labels: dict[str, int] = {}
@@ -274,6 +276,7 @@ class MrdSession:
                         from None
                 for sample in samples:
                     self._start_slice(sample, received, time.perf_counter() - received)
+                await self._hold_back(assembler.buffered_bytes)
             elif kind == MessageId.CLOSE:
                 await self._finish(assembler)
                 return
@@ -328,9 +331,22 @@ class MrdSession:
     # ------------------------------------------------------------------------------------------- slices
     def _start_slice(self, sample: KSpaceSample, received: float, assemble_s: float) -> None:
         self.counts["slices"] += 1
+        size = sample.kspace.nbytes
+        self._pending_bytes += size
         task = asyncio.create_task(self._reconstruct_slice(sample, received, assemble_s))
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+
+        def done(finished: asyncio.Task) -> None:
+            self._pending.discard(finished)
+            self._pending_bytes -= size
+
+        task.add_done_callback(done)
+
+    async def _hold_back(self, buffered_bytes: int) -> None:
+        """Back-pressure: stop reading while the slices waiting for reconstruction and the incomplete ones hold
+        more than the budget (the client's sends then wait in TCP)."""
+        while self._pending and self._pending_bytes + buffered_bytes > self.budget.max_request_bytes:
+            await asyncio.wait(set(self._pending), return_when=asyncio.FIRST_COMPLETED)
 
     def _method(self) -> str:
         """The classical method: named by the config (e.g. ``grappa``), else by the JSON parameters."""

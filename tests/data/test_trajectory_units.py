@@ -70,7 +70,7 @@ def test_out_of_range_raises_naming_the_max_value() -> None:
 
 
 def test_bad_inputs() -> None:
-    with pytest.raises(ValueError, match="units 'furlongs'"):
+    with pytest.raises(ValueError, match="trajectory units not recognised"):
         to_radians(torch.zeros(2, 4), MATRIX, units="furlongs")
     with pytest.raises(ValueError, match=r"\(d, K\)"):
         to_radians(torch.zeros(4), MATRIX)

@@ -167,4 +167,5 @@ def test_the_classical_path_is_bounded_like_a_queue(tmp_path):
     refused = [o for o in outcomes if isinstance(o, QueueFullError)]
     answered = [o for o in outcomes if isinstance(o, list)]
     assert len(answered) == engine._classical_limit and len(refused) == 12 - len(answered)
+    assert engine._classical_inflight == 0
     assert "classical reconstruction queue is full" in str(refused[0]) and refused[0].retry_after_s >= 1

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -46,7 +47,7 @@ EXPECTED = {
     "data_20m_records": (413, "beyond_limit", "20000000 acquisitions"),
     "data_1m_empty_records": (422, "inconsistent_data", "declares no samples"),
     "channels_beyond_data": (422, "inconsistent_data", "its header says 64 channels"),
-    "samples_beyond_data": (422, "inconsistent_data", "x 60000 samples"),
+    "samples_beyond_data": (422, "inconsistent_data", "more than twice the encoded readout"),
     "line_outside_matrix": (422, "inconsistent_data", "outside the encoded matrix"),
     "slice_index_huge": (413, "beyond_limit", "MRDSERVE_MAX_SLICES"),
     "nan_kspace": (422, "non_finite_data", "NaN"),
@@ -207,6 +208,13 @@ def test_mrd_refuses_hostile_headers_and_data_before_buffering(hostile, tmp_path
         acquisitions[-1].data[:] = float("nan")
 
     assert "NaN or infinite" in _error_of(run_session(_stream(good, acquisition_edit=poison), engine))
+
+    def many_coils(acquisitions):  # the header's 2 coils admitted a 16x512 image; 1024 coils would need GBs
+        import ismrmrd
+        acquisitions[-1] = ismrmrd.Acquisition.from_array(np.zeros((1024, 32), np.complex64))
+    tall = _stream(good, lambda xml: xml.replace("<y>16</y>", "<y>512</y>", 1), acquisition_edit=many_coils)
+    error = _error_of(run_session(tall, engine, budget=Budget(max_request_bytes=256 * 1024**2)))
+    assert "1024 coils" in error and "MRDSERVE_MAX_REQUEST_BYTES" in error
 
     def without_slice_ends(acquisitions):  # every line opens a new image: buffering grows until the budget
         for i, acquisition in enumerate(acquisitions):
