@@ -2,7 +2,8 @@
 
 One check for every entry point (REST, MRD, the gadget, ``mrdserve recon``): ``admit_file`` for an ISMRMRD file,
 ``admit_header`` when a stream's header arrives, ``StreamBudget`` while a stream's acquisitions are buffered, and
-``check_samples`` for the k-space itself (finite values), so that every entry point refuses the same inputs.
+``check_samples`` for the k-space itself (finite values), so that every entry point refuses the same inputs (the
+gadget alone also takes EPI headers: Gadgetron has corrected the EPI readouts before they reach it).
 Refusals are ``LimitError`` / ``InputError`` naming the limit and its setting; nothing is allocated from a header
 value that was not checked here first.
 """
