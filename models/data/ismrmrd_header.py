@@ -92,7 +92,8 @@ def parse_header(header: Any) -> Any:
 
 
 def _check_finite(node: Any, where: str) -> None:
-    """Every number in the header is finite (NaN or infinite sizes, FOVs or times cannot be used anywhere)."""
+    """Every number in the header is finite and fits 64 bits (NaN, infinite or 400-digit sizes, FOVs, times and
+    frequencies cannot be used anywhere)."""
     if dataclasses.is_dataclass(node):
         for spec in dataclasses.fields(node):
             _check_finite(getattr(node, spec.name), f"{where}.{spec.name}")
@@ -101,6 +102,8 @@ def _check_finite(node: Any, where: str) -> None:
             _check_finite(item, f"{where}[{i}]")
     elif isinstance(node, float | Decimal) and not math.isfinite(float(node)):
         raise InputError(f"header field {where} is not a finite number", "invalid_ismrmrd_header")
+    elif isinstance(node, int) and not isinstance(node, bool) and not -(2**63) <= node < 2**64:
+        raise InputError(f"header field {where} is out of the 64-bit range", "invalid_ismrmrd_header")
 
 
 _WARNINGS_LOCK = threading.Lock()

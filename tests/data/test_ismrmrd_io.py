@@ -282,3 +282,22 @@ def test_cpp_reference_recon_reads_our_files(tmp_path: Path) -> None:
     ours = ours.abs().square().sum(0).sqrt().numpy()
     a, b = image.ravel() - image.mean(), ours.ravel() - ours.mean()
     assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("<H1resonanceFrequency_Hz>63500000</H1resonanceFrequency_Hz>",
+     f"<H1resonanceFrequency_Hz>{'9' * 400}</H1resonanceFrequency_Hz>", "out of the 64-bit range"),
+    ("<systemFieldStrength_T>1.5</systemFieldStrength_T>", "<systemFieldStrength_T>nan</systemFieldStrength_T>",
+     "not a finite number"),
+    ("<receiverChannels>1</receiverChannels>", "<receiverChannels>Jane^Doe</receiverChannels>",
+     "receiverChannels does not hold a valid int"),
+])
+def test_header_values_that_cannot_be_used_are_named_without_their_value(old, new, message):
+    from models.data.input_errors import InputError
+    from models.data.ismrmrd_header import build_header, header_to_xml, parse_header
+
+    xml = header_to_xml(build_header((16, 16)))
+    assert old in xml
+    with pytest.raises(InputError, match=message) as refused:
+        parse_header(xml.replace(old, new))
+    assert "Jane" not in str(refused.value) and "999" not in str(refused.value)
