@@ -182,8 +182,12 @@ def ingest(path: Path, group: str, budget: Budget) -> tuple[Any, list[KSpaceSamp
         if error.code == "inconsistent_data" and "no data acquisitions" in str(error):
             error.code = "no_data"
         raise input_error(error, str(path)) from None
-    finally:
-        release_memory()
+
+
+def finish_request(work_dir: Path) -> None:
+    """After a response: its files go, and the C heap gives the request's memory back to the system."""
+    shutil.rmtree(work_dir, ignore_errors=True)
+    release_memory()
 
 
 def input_error(error: InputError, path: str = "") -> ApiError:
@@ -517,11 +521,11 @@ def create_app(config: ServiceConfig, engine: Any = None, spool: JobSpool | None
             packaged = await cpu_bound(package, results, header, format.value, work_dir / "out")
             finished = time.perf_counter()
         except ApiError as error:
-            shutil.rmtree(work_dir, ignore_errors=True)
+            finish_request(work_dir)
             _count(results, "rejected" if error.status < 500 or error.status == 503 else "failed")
             raise
         except BaseException:
-            shutil.rmtree(work_dir, ignore_errors=True)
+            finish_request(work_dir)
             raise
         metrics = engine.metrics
         metrics.observe_stage("ingest", ingested - started)
@@ -537,7 +541,7 @@ def create_app(config: ServiceConfig, engine: Any = None, spool: JobSpool | None
         if pushed is not None:
             headers["X-Mrdserve-Pacs"] = pushed.header()
         return FileResponse(packaged.path, media_type=packaged.media_type, filename=packaged.filename,
-                            headers=headers, background=BackgroundTask(shutil.rmtree, work_dir, True))
+                            headers=headers, background=BackgroundTask(finish_request, work_dir))
 
     # -------------------------------------------------------------------------------------- async jobs
     async def accept_job(request: Request, params: dict[str, Any], too_large: ApiError) -> JSONResponse:
@@ -621,7 +625,7 @@ def create_app(config: ServiceConfig, engine: Any = None, spool: JobSpool | None
                 _count(None, "failed")
                 logger.exception("job_crashed", extra={"event": "job_crashed", "job_id": job.id})
         finally:
-            shutil.rmtree(work_dir, ignore_errors=True)
+            finish_request(work_dir)
             request_id_var.reset(token)
 
     @app.get("/v1/reconstructions/{job_id}", dependencies=[Depends(require_api_key), Depends(NO_QUERY)])

@@ -1,6 +1,6 @@
 """Hostile and malformed ISMRMRD inputs, made from a good file: what a security tester (or a broken scanner
 export) sends. The test suite and ``bench/memory_service.py`` feed them to every entry point; a deployment can
-use them to check its own limits (``hostile_files`` and ``mutated_files``).
+use them to check its own limits (``hostile_files`` and ``mutated_file``).
 
 Each case is named after what is wrong; none of them may ever cause a 500, a crash or lasting memory growth.
 """
