@@ -165,10 +165,10 @@ def admit_file(path: str | Path, group: str, budget: Budget) -> Declaration:
     """Inspect an ISMRMRD file and refuse it (``InputError``/``LimitError``) unless it fits the budget."""
     declaration = inspect_ismrmrd(path, group, max_header_bytes=budget.max_header_bytes,
                                   max_records=budget.max_records)
-    admit_header(declaration.header, budget, channels=max(1, min(declaration.max_channels, MAX_CHANNELS)))
     if declaration.max_channels > MAX_CHANNELS:
         raise InputError(f"an acquisition declares {declaration.max_channels} active channels; at most "
                          f"{MAX_CHANNELS} are supported", "inconsistent_data")
+    admit_header(declaration.header, budget, channels=max(1, declaration.max_channels))
     check_readout(encoding_info(declaration.header), declaration.max_samples)
     if declaration.images > budget.max_slices:
         raise _beyond("the number of images in the file", declaration.images, budget.max_slices,

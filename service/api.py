@@ -179,8 +179,6 @@ def ingest(path: Path, group: str, budget: Budget) -> tuple[Any, list[KSpaceSamp
     try:
         return bounded_read.read_bounded(path, group, budget)
     except InputError as error:
-        if error.code == "inconsistent_data" and "no data acquisitions" in str(error):
-            error.code = "no_data"
         raise input_error(error, str(path)) from None
 
 

@@ -12,6 +12,7 @@ A child that dies or overruns becomes an ``InputError`` naming what happened, ne
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import pickle
@@ -29,15 +30,11 @@ PRELOAD = ["service.reader_warmup"]  # imports the readers and warms their cache
 ADDRESS_SPACE_MARGIN = 512 * 1024**2  # what reading allocates besides the k-space the budget counts
 READ_SECONDS_FLOOR = 10.0  # every read gets this long, plus the file's size at READ_BYTES_PER_S ...
 READ_BYTES_PER_S = 20 * 1024**2  # ... (a loop in a corrupt file is stopped long before max_parse_s)
-_context: list[Any] = []
-
-
+@functools.cache
 def _forkserver() -> Any:
-    if not _context:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(PRELOAD)
-        _context.append(context)
-    return _context[0]
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
 
 
 def start() -> None:

@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import threading
+from typing import Any
 
 _lock = threading.Lock()
-_libc: list[object] = []
 
 
-def _malloc_trim() -> object | None:
-    if not _libc:
-        try:
-            library = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            trim = library.malloc_trim
-            trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-            _libc.append(trim)
-        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-            _libc.append(None)
-    return _libc[0]
+@functools.cache
+def _malloc_trim() -> Any:
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
 
 
 def release_memory() -> None:
@@ -32,4 +31,4 @@ def release_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         with _lock:
-            trim(0)  # type: ignore[operator]
+            trim(0)

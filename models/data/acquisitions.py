@@ -167,8 +167,8 @@ class AcquisitionAssembler:
         """Flush every image still open (end of stream); ValueError if the stream held no data at all."""
         samples = [sample for key in list(self._open) for sample in self._close(key)]
         if require_data and self.n_emitted == 0:
-            raise ValueError(f"no data acquisitions in the stream ({self.n_noise_scans} noise scans, "
-                             f"{sum(self.skipped.values())} skipped acquisitions)")
+            raise InputError(f"no data acquisitions in the stream ({self.n_noise_scans} noise scans, "
+                             f"{sum(self.skipped.values())} skipped acquisitions)", "no_data")
         return samples
 
     @property

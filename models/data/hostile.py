@@ -60,18 +60,11 @@ def _matrix(x: int, y: int) -> Callable[[Path], None]:
     return edit
 
 
-def _xml_dataset(make: Callable[[h5py.Group], None]) -> Callable[[Path], None]:
+def _replaced(name: str, make: Callable[[h5py.Group], None]) -> Callable[[Path], None]:
+    """An edit that deletes the ISMRMRD group's ``name`` dataset and lets ``make`` write another one."""
     def edit(path: Path) -> None:
         with h5py.File(path, "a") as f:
-            del f["dataset/xml"]
-            make(f["dataset"])
-    return edit
-
-
-def _data_dataset(make: Callable[[h5py.Group], None]) -> Callable[[Path], None]:
-    def edit(path: Path) -> None:
-        with h5py.File(path, "a") as f:
-            del f["dataset/data"]
+            del f["dataset"][name]
             make(f["dataset"])
     return edit
 
@@ -131,11 +124,11 @@ BILLION_LAUGHS = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENT
 HOSTILE_EDITS: dict[str, Callable[[Path], None]] = {
     "not_hdf5": _not_hdf5,
     "truncated": _truncate,
-    "xml_integer": _xml_dataset(lambda g: g.create_dataset("xml", data=np.arange(3))),
-    "xml_zero_length": _xml_dataset(lambda g: g.create_dataset("xml", shape=(0,),
-                                                               dtype=h5py.special_dtype(vlen=bytes))),
-    "xml_empty_string": _xml_dataset(lambda g: g.create_dataset("xml", data=[b""],
-                                                                dtype=h5py.special_dtype(vlen=bytes))),
+    "xml_integer": _replaced("xml", lambda g: g.create_dataset("xml", data=np.arange(3))),
+    "xml_zero_length": _replaced("xml", lambda g: g.create_dataset("xml", shape=(0,),
+                                                                   dtype=h5py.special_dtype(vlen=bytes))),
+    "xml_empty_string": _replaced("xml", lambda g: g.create_dataset("xml", data=[b""],
+                                                                    dtype=h5py.special_dtype(vlen=bytes))),
     "xml_not_ismrmrd": lambda p: _replace_xml(p, "<html><body>hello</body></html>"),
     "xml_billion_laughs": lambda p: _replace_xml(p, BILLION_LAUGHS),
     "xml_40mb": _huge_header,
@@ -145,9 +138,9 @@ HOSTILE_EDITS: dict[str, Callable[[Path], None]] = {
     "matrix_256x100000": _matrix(256, 100000),
     "matrix_zero": _matrix(0, 64),
     "slices_65535": _regex_xml(r"(<slice>\s*<minimum>0</minimum>\s*<maximum>)\d+(</maximum>)", r"\g<1>65534\2"),
-    "data_not_acquisitions": _data_dataset(lambda g: g.create_dataset("data", data=np.zeros((10, 10)))),
-    "data_20m_records": _data_dataset(_declared_records(20_000_000)),
-    "data_1m_empty_records": _data_dataset(_declared_records(1_000_000)),
+    "data_not_acquisitions": _replaced("data", lambda g: g.create_dataset("data", data=np.zeros((10, 10)))),
+    "data_20m_records": _replaced("data", _declared_records(20_000_000)),
+    "data_1m_empty_records": _replaced("data", _declared_records(1_000_000)),
     "channels_beyond_data": _patch_records(_last_head("active_channels", 64)),
     "samples_beyond_data": _patch_records(_last_head("number_of_samples", 60000)),
     "line_outside_matrix": _patch_records(_last_head("idx.kspace_encode_step_1", 60000)),
