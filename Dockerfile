@@ -58,7 +58,7 @@ RUN pip install --no-cache-dir -c constraints.txt ".${MRDSERVE_EXTRAS:+[${MRDSER
       pip uninstall -y onnxruntime \
       && pip install --no-cache-dir --no-deps --force-reinstall "${MRDSERVE_ONNXRUNTIME}"; \
     fi \
- && python -c "import service.api, service.engine.engine, onnxruntime, torch; print(torch.__version__)"
+ && python -c "import mrdserve.service.api, mrdserve.service.engine.engine, onnxruntime, torch; print(torch.__version__)"
 
 # ---------------------------------------------------------------------------------------------- service (runtime)
 FROM python AS service

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR := demo-output
 
-.PHONY: test demo demo-artifacts lint bench debian demo-debian clean hadolint docker
+.PHONY: test demo demo-artifacts lint typecheck bench debian demo-debian clean hadolint docker
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,13 @@ demo-debian:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP) debian lint
+# mypy over the packages that [tool.mypy] in pyproject.toml names, seen as the installed `mrdserve` namespace.
+typecheck: $(STAMP)
+	rm -rf .mypy-src && mkdir -p .mypy-src/mrdserve && touch .mypy-src/mrdserve/__init__.py
+	for top in models service gadgets; do ln -s ../../$$top .mypy-src/mrdserve/$$top; done
+	$(VENV)/bin/mypy
+
+test: $(STAMP) debian lint typecheck
 	$(PY) -m pytest
 
 demo: $(STAMP) demo-debian
@@ -95,7 +101,7 @@ bench: $(STAMP)
 	$(PY) bench/nufft.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache .mypy-src *.egg-info
 
 # Container image (needs a Docker engine) and its lint (hadolint from the dev extra; no engine needed).
 hadolint: $(STAMP)

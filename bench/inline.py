@@ -31,11 +31,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.data.ismrmrd_io import read_acquisitions, read_ismrmrd
-from models.data.simulate import simulate_to_file
-from service.config import ServiceConfig
-from service.engine.engine import Engine
-from service.mrd.protocol import (
+from mrdserve.models.data.ismrmrd_io import read_acquisitions, read_ismrmrd
+from mrdserve.models.data.simulate import simulate_to_file
+from mrdserve.service.config import ServiceConfig
+from mrdserve.service.engine.engine import Engine
+from mrdserve.service.mrd.protocol import (
     MessageId,
     encode_close,
     encode_config_file,
@@ -43,7 +43,7 @@ from service.mrd.protocol import (
     encode_text,
     read_message_blocking,
 )
-from service.mrd.server import MrdServer
+from mrdserve.service.mrd.server import MrdServer
 
 HOST = "127.0.0.1"
 _STAGE = re.compile(r"(preparation|queue|inference)=([0-9.]+)ms")

@@ -30,11 +30,11 @@ STEPS = (1, 4, 8)
 CHILD = r"""
 import json, resource, sys, time
 import torch
-from models.data.phantoms import complex_phantom_2d
-from models.nets.complex import complex_to_real
-from models.nets.registry import build_network
-from models.physics.fft import fft2c
-from models.physics.masks import EquispacedFractionMask
+from mrdserve.models.data.phantoms import complex_phantom_2d
+from mrdserve.models.nets.complex import complex_to_real
+from mrdserve.models.nets.registry import build_network
+from mrdserve.models.physics.fft import fft2c
+from mrdserve.models.physics.masks import EquispacedFractionMask
 
 name, kwargs, matrix, device = json.loads(sys.argv[1])
 device = torch.device(device)

@@ -36,10 +36,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.data.hostile import hostile_files  # noqa: E402
-from models.data.ismrmrd_io import read_acquisitions  # noqa: E402
-from service.mrd.client import stream_file  # noqa: E402
-from service.mrd.protocol import MessageId, encode_config_file, encode_object, encode_text  # noqa: E402
+from mrdserve.models.data.hostile import hostile_files  # noqa: E402
+from mrdserve.models.data.ismrmrd_io import read_acquisitions  # noqa: E402
+from mrdserve.service.mrd.client import stream_file  # noqa: E402
+from mrdserve.service.mrd.protocol import MessageId, encode_config_file, encode_object, encode_text  # noqa: E402
 
 MB = 1024**2
 
@@ -178,7 +178,7 @@ class Server:
         """Stream lines of six 512x512 32-coil slices, none complete, until ~``megabytes`` are buffered; drop."""
         import ismrmrd
 
-        from models.data.ismrmrd_header import build_header, header_to_xml
+        from mrdserve.models.data.ismrmrd_header import build_header, header_to_xml
 
         header = header_to_xml(build_header((512, 512), n_coils=32))
         line = ismrmrd.Acquisition.from_array(np.zeros((32, 512), np.complex64))

@@ -20,14 +20,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.data.coils import coil_sensitivities_2d
-from models.data.phantoms import complex_phantom_2d
-from models.nets.ncpdnet import NCPDNet
-from models.nets.xpdnet import XPDNet
-from models.physics.density import pipe_menon_density
-from models.physics.nufft import NufftOp
-from models.physics.prepare_noncartesian import prepare_noncartesian, to_network_inputs
-from models.physics.trajectories import radial_2d
+from mrdserve.models.data.coils import coil_sensitivities_2d
+from mrdserve.models.data.phantoms import complex_phantom_2d
+from mrdserve.models.nets.ncpdnet import NCPDNet
+from mrdserve.models.nets.xpdnet import XPDNet
+from mrdserve.models.physics.density import pipe_menon_density
+from mrdserve.models.physics.nufft import NufftOp
+from mrdserve.models.physics.prepare_noncartesian import prepare_noncartesian, to_network_inputs
+from mrdserve.models.physics.trajectories import radial_2d
 
 THREADS = 2
 BUDGET_S = float(os.environ.get("BENCH_BUDGET_S", "330"))  # whole run, setup and exports included

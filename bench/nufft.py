@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import finufft
 
-from models.physics.density import pipe_menon_density
-from models.physics.nufft import NufftOp
-from models.physics.toeplitz import toeplitz_apply
-from models.physics.trajectories import radial_2d
+from mrdserve.models.physics.density import pipe_menon_density
+from mrdserve.models.physics.nufft import NufftOp
+from mrdserve.models.physics.toeplitz import toeplitz_apply
+from mrdserve.models.physics.trajectories import radial_2d
 
 SHAPE = (320, 320)
 N_COILS = 16

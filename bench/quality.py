@@ -35,15 +35,15 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.data.baseline import CLASSICAL_METHODS, classical_reconstruction, is_fully_sampled  # noqa: E402
-from models.data.ismrmrd_io import read_ismrmrd  # noqa: E402
-from models.data.metrics import fitted_scores, scale_fit  # noqa: E402
-from models.data.sample import KSpaceSample  # noqa: E402
-from models.data.simulate import read_ground_truth, simulate_to_file  # noqa: E402
-from models.physics.classical import rss  # noqa: E402
-from models.physics.fft import ifftnc  # noqa: E402
-from service.artifacts import load_artifacts, mismatch  # noqa: E402
-from service.offline_recon import OfflineReconstructor  # noqa: E402
+from mrdserve.models.data.baseline import CLASSICAL_METHODS, classical_reconstruction, is_fully_sampled  # noqa: E402
+from mrdserve.models.data.ismrmrd_io import read_ismrmrd  # noqa: E402
+from mrdserve.models.data.metrics import fitted_scores, scale_fit  # noqa: E402
+from mrdserve.models.data.sample import KSpaceSample  # noqa: E402
+from mrdserve.models.data.simulate import read_ground_truth, simulate_to_file  # noqa: E402
+from mrdserve.models.physics.classical import rss  # noqa: E402
+from mrdserve.models.physics.fft import ifftnc  # noqa: E402
+from mrdserve.service.artifacts import load_artifacts, mismatch  # noqa: E402
+from mrdserve.service.offline_recon import OfflineReconstructor  # noqa: E402
 
 CLASSICAL_CARTESIAN = CLASSICAL_METHODS["cartesian"]
 CLASSICAL_NONCARTESIAN = CLASSICAL_METHODS["noncartesian"]

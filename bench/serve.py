@@ -27,10 +27,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.data.ismrmrd_io import read_ismrmrd  # noqa: E402
-from service.api import ingest, package  # noqa: E402
-from service.config import ServiceConfig  # noqa: E402
-from service.engine.engine import Engine  # noqa: E402
+from mrdserve.models.data.ismrmrd_io import read_ismrmrd  # noqa: E402
+from mrdserve.service.api import ingest, package  # noqa: E402
+from mrdserve.service.config import ServiceConfig  # noqa: E402
+from mrdserve.service.engine.engine import Engine  # noqa: E402
 
 LATENCY_REPS = 30
 THROUGHPUT_REQUESTS = 32
@@ -44,7 +44,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def simulate(path: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "service.cli", "simulate", str(path), "--trajectory", "radial", "--coils",
+    subprocess.run([sys.executable, "-m", "mrdserve.service.cli", "simulate", str(path), "--trajectory", "radial",
+                    "--coils",
                     "8", "--acceleration", "4", "--matrix", "96", "--seed", "7"], cwd=ROOT, check=True,
                    capture_output=True, timeout=120)
     return path
@@ -94,7 +95,8 @@ def start_server(path: Path, spool: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     url = f"http://{HOST}:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MRDSERVE_")}
-    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--host", HOST, "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "mrdserve.service.cli", "serve", "--host", HOST,
+                               "--port", str(port),
                                "--mrd-port", str(free_port()), "--spool-dir", str(spool), "--log-level", "WARNING",
                                "--device", "cpu"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)

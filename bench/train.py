@@ -26,10 +26,10 @@ NETWORKS = {
 CHILD = r"""
 import json, resource, sys, time
 import torch
-from models.nets.registry import build_network
-from models.training.datasets import collate_examples
-from models.training.loop import enable_gradient_checkpointing
-from models.training.losses import get_loss
+from mrdserve.models.nets.registry import build_network
+from mrdserve.models.training.datasets import collate_examples
+from mrdserve.models.training.loop import enable_gradient_checkpointing
+from mrdserve.models.training.losses import get_loss
 
 name, batch_file, kwargs, steps, ckpt, device = json.loads(sys.argv[1])
 device = torch.device(device)
@@ -83,7 +83,7 @@ def _example_file(name: str, matrix: int, coils: int, directory: Path) -> Path:
     """Prepare one synthetic example here, so data preparation never counts in a child's peak memory."""
     import torch
 
-    from models.training.datasets import SyntheticDataset
+    from mrdserve.models.training.datasets import SyntheticDataset
 
     path = directory / f"{name}.pt"
     torch.save(SyntheticDataset(NETWORKS[name][0], 1, matrix=matrix, coils=coils)[0], path)

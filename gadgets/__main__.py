@@ -1,5 +1,6 @@
-"""``python -m gadgets listen [--port 9100]`` (for ``<connect port=.../>``) and ``python -m gadgets connect PORT``
-(what Gadgetron's ``<execute>`` launcher does), without the ``gadgetron`` package."""
+"""``python -m mrdserve.gadgets listen [--port 9100]`` (for ``<connect port=.../>``) and
+``python -m mrdserve.gadgets connect PORT`` (what Gadgetron's ``<execute>`` launcher does), without the
+``gadgetron`` package."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import argparse
 import logging
 import sys
 
-from gadgets.connection import DEFAULT_READ_TIMEOUT_S
-from gadgets.listen import Listener, connect_back, preload
-from gadgets.settings import GadgetSettings
+from mrdserve.gadgets.connection import DEFAULT_READ_TIMEOUT_S
+from mrdserve.gadgets.listen import Listener, connect_back, preload
+from mrdserve.gadgets.settings import GadgetSettings
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gadgets", description="mrdserve's Gadgetron external gadget")
+    parser = argparse.ArgumentParser(prog="python -m mrdserve.gadgets",
+                                     description="mrdserve's Gadgetron external gadget")
     commands = parser.add_subparsers(dest="command", required=True)
     listen = commands.add_parser("listen", help="accept Gadgetron connections (<connect port=.../>)")
     listen.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")

@@ -20,8 +20,8 @@ from typing import Any
 
 import ismrmrd
 
-from gadgets.recon_data import recon_data_parser
-from service.mrd.protocol import (
+from mrdserve.gadgets.recon_data import recon_data_parser
+from mrdserve.service.mrd.protocol import (
     Limits,
     Message,
     MessageId,

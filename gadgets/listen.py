@@ -13,11 +13,11 @@ import logging
 import socket
 import threading
 
-from gadgets.connection import DEFAULT_READ_TIMEOUT_S, GadgetConnection
-from gadgets.reconstruct import reconstruct, shared_engine
-from gadgets.settings import GadgetSettings
-from service.engine.engine import Engine
-from service.mrd.protocol import encode_close, encode_error
+from mrdserve.gadgets.connection import DEFAULT_READ_TIMEOUT_S, GadgetConnection
+from mrdserve.gadgets.reconstruct import reconstruct, shared_engine
+from mrdserve.gadgets.settings import GadgetSettings
+from mrdserve.service.engine.engine import Engine
+from mrdserve.service.mrd.protocol import encode_close, encode_error
 
 log = logging.getLogger("mrdserve.gadget")
 CONNECT_TIMEOUT_S = 30.0

@@ -19,7 +19,7 @@ import ismrmrd
 import numpy as np
 from ismrmrd.acquisition import AcquisitionHeader
 
-from service.mrd.protocol import Limits, ProtocolError, check_size
+from mrdserve.service.mrd.protocol import Limits, ProtocolError, check_size
 
 _U64 = struct.Struct("<Q")
 _BOOL = struct.Struct("<?")

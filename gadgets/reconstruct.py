@@ -1,5 +1,5 @@
 """The Gadgetron external gadget: ``reconstruct(connection)`` is the target for
-``<execute name="gadgets.reconstruct" target="reconstruct" type="python"/>`` (Gadgetron runs
+``<execute name="mrdserve.gadgets.reconstruct" target="reconstruct" type="python"/>`` (Gadgetron runs
 ``python -m gadgetron <port> gadgets.reconstruct reconstruct``) and the handler of our own listener.
 
 It is a thin adapter over the service: raw acquisitions go through one ``AcquisitionAssembler`` per stream
@@ -19,19 +19,19 @@ from typing import Any
 
 import ismrmrd
 
-from gadgets.connection import GadgetConnection
-from gadgets.recon_data import ReconData, bit_to_acquisitions
-from gadgets.settings import GadgetSettings
-from models.data.acquisitions import AcquisitionAssembler
-from models.data.ismrmrd_header import encoding_info, header_to_xml, parse_header
-from models.data.sample import KSpaceSample
-from service.admission import GADGET_TRAJECTORIES, StreamBudget, admit_header, check_samples
-from service.engine.engine import Engine
-from service.engine.result import ReconResult
-from service.log import log_event
-from service.memory import release_memory
-from service.mrd.protocol import MessageId, ProtocolError
-from service.outputs.ismrmrd_images import to_ismrmrd_images
+from mrdserve.gadgets.connection import GadgetConnection
+from mrdserve.gadgets.recon_data import ReconData, bit_to_acquisitions
+from mrdserve.gadgets.settings import GadgetSettings
+from mrdserve.models.data.acquisitions import AcquisitionAssembler
+from mrdserve.models.data.ismrmrd_header import encoding_info, header_to_xml, parse_header
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.service.admission import GADGET_TRAJECTORIES, StreamBudget, admit_header, check_samples
+from mrdserve.service.engine.engine import Engine
+from mrdserve.service.engine.result import ReconResult
+from mrdserve.service.log import log_event
+from mrdserve.service.memory import release_memory
+from mrdserve.service.mrd.protocol import MessageId, ProtocolError
+from mrdserve.service.outputs.ismrmrd_images import to_ismrmrd_images
 
 log = logging.getLogger("mrdserve.gadget")
 

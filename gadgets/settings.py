@@ -12,9 +12,9 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, fields
 from typing import Any
 
-from service.config import ServiceConfig
-from service.engine.plan import CLASSICAL_METHOD_NAMES as METHODS
-from service.outputs.ismrmrd_images import IMAGE_DTYPES
+from mrdserve.service.config import ServiceConfig
+from mrdserve.service.engine.plan import CLASSICAL_METHOD_NAMES as METHODS
+from mrdserve.service.outputs.ismrmrd_images import IMAGE_DTYPES
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from models.data.input_errors import InputError, LimitError
-from models.data.ismrmrd_header import encoding_info, parse_header
-from models.data.ismrmrd_inspect import DEFAULT_MAX_HEADER_BYTES, Declaration, inspect_ismrmrd
-from models.data.sample import KSpaceSample
+from mrdserve.models.data.input_errors import InputError, LimitError
+from mrdserve.models.data.ismrmrd_header import encoding_info, parse_header
+from mrdserve.models.data.ismrmrd_inspect import DEFAULT_MAX_HEADER_BYTES, Declaration, inspect_ismrmrd
+from mrdserve.models.data.sample import KSpaceSample
 
 SUPPORTED_TRAJECTORIES = ("cartesian", "radial", "goldenangle", "spiral")
 # EPI arrives at the gadget after Gadgetron's own EPI correction, as Cartesian lines; raw EPI elsewhere is refused

@@ -34,18 +34,18 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.data.baseline import METHODS
-from models.data.input_errors import InputError, LimitError
-from models.data.sample import KSpaceSample
-from service import bounded_read
-from service.admission import Budget
-from service.config import ServiceConfig
-from service.log import log_event, new_request_id, request_id_var
-from service.memory import release_memory
-from service.metrics import render
-from service.pacs import PacsTarget, PushReport, dicom_files_in_zip, push
-from service.slow_clients import BodyReadTimeout
-from service.spool import FAILED, SUCCEEDED, Job, JobSpool, SpoolFullError
+from mrdserve.models.data.baseline import METHODS
+from mrdserve.models.data.input_errors import InputError, LimitError
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.service import bounded_read
+from mrdserve.service.admission import Budget
+from mrdserve.service.config import ServiceConfig
+from mrdserve.service.log import log_event, new_request_id, request_id_var
+from mrdserve.service.memory import release_memory
+from mrdserve.service.metrics import render
+from mrdserve.service.pacs import PacsTarget, PushReport, dicom_files_in_zip, push
+from mrdserve.service.slow_clients import BodyReadTimeout
+from mrdserve.service.spool import FAILED, SUCCEEDED, Job, JobSpool, SpoolFullError
 
 logger = logging.getLogger("mrdserve.api")
 
@@ -197,7 +197,7 @@ def input_error(error: InputError, path: str = "") -> ApiError:
 
 def package(results: list[Any], header: Any, fmt: str, work_dir: Path) -> Any:
     """The results as one file in ``fmt`` (``service.outputs.package``), imported when first needed."""
-    from service.outputs.package import package_results
+    from mrdserve.service.outputs.package import package_results
     return package_results(results, header, fmt, work_dir)
 
 
@@ -289,7 +289,7 @@ class RequestContext:
 
 
 def _engine_error_types() -> tuple[type[BaseException], type[BaseException]]:
-    from service.engine.batcher import QueueFullError, ReconstructionError
+    from mrdserve.service.engine.batcher import QueueFullError, ReconstructionError
     return QueueFullError, ReconstructionError
 
 
@@ -297,7 +297,7 @@ def create_app(config: ServiceConfig, engine: Any = None, spool: JobSpool | None
     """The FastAPI app serving ``engine`` (built from ``config`` and started with the app when None); ``spool``
     (default: one at ``config.spool_dir``) is owned by the app while it runs."""
     if engine is None:
-        from service.engine.engine import Engine
+        from mrdserve.service.engine.engine import Engine
         engine = Engine(config)
     queue_full_error, reconstruction_error = _engine_error_types()
     spool = spool or JobSpool(config.spool_dir, config.spool_max_bytes, config.result_ttl_s)

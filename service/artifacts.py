@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.data.manifest_schema import MANIFEST_FILE, verify_artifact
+from mrdserve.models.data.manifest_schema import MANIFEST_FILE, verify_artifact
 
 if TYPE_CHECKING:  # torch-free at import time, so `mrdserve models` lists artifacts quickly
-    from models.data.sample import KSpaceSample
+    from mrdserve.models.data.sample import KSpaceSample
 
 BUNDLED_ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
@@ -66,8 +66,8 @@ def _acceleration(sample: KSpaceSample) -> float:
 def mismatch(artifact: Artifact, sample: KSpaceSample, envelope: bool = False) -> str | None:
     """Why ``artifact`` cannot reconstruct ``sample`` (None when it can); with ``envelope``, also why it is not
     served automatically (outside the cells where it was validated to beat the best classical method)."""
-    from models.data.envelope import envelope_refusal
-    from models.data.prepare import task_of
+    from mrdserve.models.data.envelope import envelope_refusal
+    from mrdserve.models.data.prepare import task_of
 
     manifest = artifact.manifest
     constraints = manifest["constraints"]

@@ -22,11 +22,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from models.data.input_errors import InputError, LimitError
-from models.data.sample import KSpaceSample
-from service.admission import Budget, admit_file, check_samples
+from mrdserve.models.data.input_errors import InputError, LimitError
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.service.admission import Budget, admit_file, check_samples
 
-PRELOAD = ["service.reader_warmup"]  # imports the readers and warms their caches once
+PRELOAD = ["mrdserve.service.reader_warmup"]  # imports the readers and warms their caches once
 ADDRESS_SPACE_MARGIN = 512 * 1024**2  # what reading allocates besides the k-space the budget counts
 READ_SECONDS_FLOOR = 10.0  # every read gets this long, plus the file's size at READ_BYTES_PER_S ...
 READ_BYTES_PER_S = 20 * 1024**2  # ... (a loop in a corrupt file is stopped long before max_parse_s)
@@ -75,7 +75,7 @@ def _child(sink: Connection, path: str, group: str, budget: Budget, trajectory_u
     the pickled copy is never the whole request), then ("done", None); or one ("input"|"bug", ...) message."""
     _cap_address_space(budget)
     try:
-        from models.data.ismrmrd_io import read_ismrmrd
+        from mrdserve.models.data.ismrmrd_io import read_ismrmrd
 
         declaration = admit_file(path, group, budget)
         header, samples = read_ismrmrd(path, dataset=group, header=declaration.header,

@@ -26,30 +26,30 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "simulate": Command("models.data.simulate", "add_simulate_arguments", "run_simulate",
+    "simulate": Command("mrdserve.models.data.simulate", "add_simulate_arguments", "run_simulate",
                         "write a synthetic ISMRMRD (or fastMRI) file",
                         "Simulate a multicoil acquisition of a realistic phantom (2D or 3D)."),
-    "recon": Command("service.offline_recon", "add_recon_arguments", "run_recon",
+    "recon": Command("mrdserve.service.offline_recon", "add_recon_arguments", "run_recon",
                      "reconstruct an ISMRMRD or fastMRI file offline",
                      "Reconstruct every slice of INPUT and write images to OUTDIR."),
-    "train": Command("models.training.cli", "add_train_arguments", "run_train",
+    "train": Command("mrdserve.models.training.cli", "add_train_arguments", "run_train",
                      "train a network from a YAML config (offline trainer)"),
-    "evaluate": Command("models.training.cli", "add_evaluate_arguments", "run_evaluate",
+    "evaluate": Command("mrdserve.models.training.cli", "add_evaluate_arguments", "run_evaluate",
                         "compare a trained model with the classical baselines on a data set"),
-    "export": Command("models.export.cli", "add_export_arguments", "run_export",
+    "export": Command("mrdserve.models.export.cli", "add_export_arguments", "run_export",
                       "export a checkpoint as an artifact (TorchScript + ONNX + manifest)"),
-    "validate": Command("models.export.cli", "add_validate_arguments", "run_validate",
+    "validate": Command("mrdserve.models.export.cli", "add_validate_arguments", "run_validate",
                         "validate an artifact against the classical methods on a held-out grid (its envelope)",
                         "Simulate held-out data on a grid of matrix, coils, acceleration and noise, reconstruct it "
                         "with the artifact and every classical method, and store where the artifact wins in its "
                         "manifest: the runtime serves it automatically only there."),
-    "models": Command("service.registry_cli", "add_models_arguments", "run_models",
+    "models": Command("mrdserve.service.registry_cli", "add_models_arguments", "run_models",
                       "list the artifacts the registry sees"),
-    "serve": Command("service.serve", "add_serve_arguments", "run_serve",
+    "serve": Command("mrdserve.service.serve", "add_serve_arguments", "run_serve",
                      "run the REST API and the MRD streaming server",
                      "Serve reconstructions over HTTP (REST API, OpenAPI at /docs) and the MRD streaming protocol "
                      "(port 9002) with the configured artifacts."),
-    "stream": Command("service.mrd.client", "add_stream_arguments", "run_stream",
+    "stream": Command("mrdserve.service.mrd.client", "add_stream_arguments", "run_stream",
                       "stream an ISMRMRD file to an MRD server and save the images",
                       "Send the acquisitions of INPUT to an MRD server (ours or Gadgetron) and write the images."),
 }

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from service.admission import Budget
-from service.artifacts import BUNDLED_ARTIFACTS
+from mrdserve.service.admission import Budget
+from mrdserve.service.artifacts import BUNDLED_ARTIFACTS
 
 ENV_PREFIX = "MRDSERVE_"
 RUNNERS = ("auto", "torchscript", "onnx")
@@ -102,7 +102,7 @@ class ServiceConfig:
         if not self.artifacts:
             raise ValueError("artifacts must name at least one directory")
         self.mrd_networks  # noqa: B018 (validates mrd_allow)
-        from service.pacs import validate_target
+        from mrdserve.service.pacs import validate_target
         validate_target(self.pacs_url, self.pacs_protocol, self.pacs_aet, self.pacs_called_aet, self.pacs_timeout_s)
 
     @property

@@ -16,23 +16,23 @@ import h5py
 import numpy as np
 import torch
 
-from models.data.baseline import METHODS, classical_reconstruction
-from models.data.fastmri import read_fastmri
-from models.data.input_errors import InputError
-from models.data.ismrmrd_inspect import HDF5_ERRORS, unreadable
-from models.data.prepare import collate, output_to_image, prepare_sample
-from models.data.sample import KSpaceSample
-from service.admission import check_samples
-from service.artifacts import Artifact, load_artifacts
-from service.bounded_read import read_bounded
-from service.config import budget_from_env
-from service.engine.plan import CLASSICAL, Plan, plan_sample
-from service.engine.result import ReconResult
-from service.outputs.dicom import write_dicom_series
-from service.outputs.ismrmrd_images import write_ismrmrd_images
-from service.outputs.nifti import write_nifti
-from service.outputs.package import write_pngs
-from service.runners import RUNNER_KINDS, Runner, load_runner, resolve_device
+from mrdserve.models.data.baseline import METHODS, classical_reconstruction
+from mrdserve.models.data.fastmri import read_fastmri
+from mrdserve.models.data.input_errors import InputError
+from mrdserve.models.data.ismrmrd_inspect import HDF5_ERRORS, unreadable
+from mrdserve.models.data.prepare import collate, output_to_image, prepare_sample
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.service.admission import check_samples
+from mrdserve.service.artifacts import Artifact, load_artifacts
+from mrdserve.service.bounded_read import read_bounded
+from mrdserve.service.config import budget_from_env
+from mrdserve.service.engine.plan import CLASSICAL, Plan, plan_sample
+from mrdserve.service.engine.result import ReconResult
+from mrdserve.service.outputs.dicom import write_dicom_series
+from mrdserve.service.outputs.ismrmrd_images import write_ismrmrd_images
+from mrdserve.service.outputs.nifti import write_nifti
+from mrdserve.service.outputs.package import write_pngs
+from mrdserve.service.runners import RUNNER_KINDS, Runner, load_runner, resolve_device
 
 FORMATS = ("png", "dicom", "nifti", "ismrmrd")
 

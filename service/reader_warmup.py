@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from models.data.ismrmrd_io import write_ismrmrd_cartesian
-from service.admission import Budget, admit_file, check_samples
+from mrdserve.models.data.ismrmrd_io import write_ismrmrd_cartesian
+from mrdserve.service.admission import Budget, admit_file, check_samples
 
 
 def warm_up() -> None:
@@ -26,7 +26,7 @@ def warm_up() -> None:
 
 
 def _read_synthetic_file() -> None:
-    from models.data.ismrmrd_io import read_ismrmrd
+    from mrdserve.models.data.ismrmrd_io import read_ismrmrd
 
     with tempfile.TemporaryDirectory(prefix="mrdserve-warmup-") as directory:
         path = Path(directory) / "warmup.h5"

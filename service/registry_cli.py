@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from models.data.manifest_schema import MANIFEST_FILE, verify_artifact
-from service.artifacts import BUNDLED_ARTIFACTS, artifact_directories
+from mrdserve.models.data.manifest_schema import MANIFEST_FILE, verify_artifact
+from mrdserve.service.artifacts import BUNDLED_ARTIFACTS, artifact_directories
 
 
 def add_models_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

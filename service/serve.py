@@ -17,9 +17,9 @@ import sys
 from types import FrameType
 from typing import Any
 
-from service.config import ServiceConfig, add_config_arguments
-from service.log import configure_logging, log_event
-from service.spool import SpoolInUseError
+from mrdserve.service.config import ServiceConfig, add_config_arguments
+from mrdserve.service.log import configure_logging, log_event
+from mrdserve.service.spool import SpoolInUseError
 
 GRACEFUL_SHUTDOWN_S = 30
 
@@ -33,7 +33,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def _make_server(config: ServiceConfig, app: Any, mrd: Any) -> Any:
     import uvicorn
 
-    from service.slow_clients import guarded_h11
+    from mrdserve.service.slow_clients import guarded_h11
 
     class Server(uvicorn.Server):
         """uvicorn's server, draining the MRD streams before the lifespan stops the engine."""
@@ -57,10 +57,10 @@ def _make_server(config: ServiceConfig, app: Any, mrd: Any) -> Any:
 
 async def serve(config: ServiceConfig) -> None:
     """Run both servers until a signal; the MRD server binds first so a bad port fails fast."""
-    from service.api import create_app
-    from service.engine.engine import Engine
-    from service.mrd.server import MrdServer
-    from service.spool import JobSpool
+    from mrdserve.service.api import create_app
+    from mrdserve.service.engine.engine import Engine
+    from mrdserve.service.mrd.server import MrdServer
+    from mrdserve.service.spool import JobSpool
 
     spool = JobSpool(config.spool_dir, config.spool_max_bytes, config.result_ttl_s)
     spool.acquire()  # before binding: a second instance on this spool stops here

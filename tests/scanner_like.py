@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from models.data.simulate import read_ground_truth, simulate_cartesian, write_simulation
+from mrdserve.models.data.simulate import read_ground_truth, simulate_cartesian, write_simulation
 
 
 def fully_sampled_without_flags(path: Path, coils: int = 8, matrix: int = 96, slices: int = 1) -> Path:

@@ -33,11 +33,11 @@ import ismrmrd
 import numpy as np
 import torch
 
-from models.data.input_errors import InputError
-from models.data.ismrmrd_header import EncodingInfo, encoding_info, parse_header
-from models.data.sample import Geometry, KSpaceSample, SampleIndex
-from models.data.trajectory_units import to_radians
-from models.physics.prewhiten import noise_covariance, prewhiten, prewhitening_matrix
+from mrdserve.models.data.input_errors import InputError
+from mrdserve.models.data.ismrmrd_header import EncodingInfo, encoding_info, parse_header
+from mrdserve.models.data.sample import Geometry, KSpaceSample, SampleIndex
+from mrdserve.models.data.trajectory_units import to_radians
+from mrdserve.models.physics.prewhiten import noise_covariance, prewhiten, prewhitening_matrix
 
 SKIPPED_FLAGS: dict[int, str] = {
     ismrmrd.ACQ_IS_NAVIGATION_DATA: "navigation",

@@ -20,19 +20,19 @@ from dataclasses import dataclass
 
 import torch
 
-from models.data.sample import KSpaceSample
-from models.physics.cg import conjugate_gradient
-from models.physics.classical import rss
-from models.physics.compressed_sensing import DEFAULT_RELATIVE_LAMBDA, l1_wavelet
-from models.physics.density import normalise_density, pipe_menon_density
-from models.physics.espirit import espirit
-from models.physics.fft import ifftnc
-from models.physics.grappa import grappa_rss
-from models.physics.noise_level import kspace_noise_variance, samples_noise_variance, tikhonov_weight
-from models.physics.nufft import NufftOp
-from models.physics.prepare_cartesian import acs_from_mask
-from models.physics.sense import sense_adjoint, sense_normal
-from models.physics.sensitivities import sensitivities_noncartesian
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.models.physics.cg import conjugate_gradient
+from mrdserve.models.physics.classical import rss
+from mrdserve.models.physics.compressed_sensing import DEFAULT_RELATIVE_LAMBDA, l1_wavelet
+from mrdserve.models.physics.density import normalise_density, pipe_menon_density
+from mrdserve.models.physics.espirit import espirit
+from mrdserve.models.physics.fft import ifftnc
+from mrdserve.models.physics.grappa import grappa_rss
+from mrdserve.models.physics.noise_level import kspace_noise_variance, samples_noise_variance, tikhonov_weight
+from mrdserve.models.physics.nufft import NufftOp
+from mrdserve.models.physics.prepare_cartesian import acs_from_mask
+from mrdserve.models.physics.sense import sense_adjoint, sense_normal
+from mrdserve.models.physics.sensitivities import sensitivities_noncartesian
 
 METHODS = ("auto", "rss", "adjoint", "cg-sense", "grappa", "l1-wavelet")
 # the concrete methods per kind of data (what benchmarks and the validation envelope compare against)

@@ -13,9 +13,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from models.data.baseline import sampled_lines
-from models.data.sample import KSpaceSample
-from models.physics.noise_level import kspace_noise_variance, samples_noise_variance
+from mrdserve.models.data.baseline import sampled_lines
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.models.physics.noise_level import kspace_noise_variance, samples_noise_variance
 
 
 def relative_noise(sample: KSpaceSample) -> float:

@@ -16,9 +16,9 @@ import h5py
 import numpy as np
 import torch
 
-from models.data.acquisitions import remove_readout_oversampling
-from models.data.ismrmrd_header import EncodingInfo, encoding_info, header_to_xml, parse_header
-from models.data.sample import Geometry, KSpaceSample, SampleIndex
+from mrdserve.models.data.acquisitions import remove_readout_oversampling
+from mrdserve.models.data.ismrmrd_header import EncodingInfo, encoding_info, header_to_xml, parse_header
+from mrdserve.models.data.sample import Geometry, KSpaceSample, SampleIndex
 
 
 class FastMRIVolume(NamedTuple):

@@ -19,7 +19,7 @@ from typing import Any
 import ismrmrd
 from ismrmrd import xsd
 
-from models.data.input_errors import InputError
+from mrdserve.models.data.input_errors import InputError
 
 TRAJECTORY_UNITS_PARAMETER = "trajectory_units"
 _LIMIT_NAMES = ("kspace_encoding_step_1", "kspace_encoding_step_2", "average", "slice", "contrast",

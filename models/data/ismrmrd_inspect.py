@@ -20,8 +20,8 @@ import ismrmrd
 import numpy as np
 from ismrmrd.hdf5 import acquisition_header_dtype
 
-from models.data.input_errors import InputError, LimitError
-from models.data.ismrmrd_header import parse_header
+from mrdserve.models.data.input_errors import InputError, LimitError
+from mrdserve.models.data.ismrmrd_header import parse_header
 
 READ_CHUNK_RECORDS = 1024  # acquisitions per HDF5 read (it reads their samples even for the header field alone)
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024**2

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
 
-from models.data.acquisitions import AcquisitionAssembler
-from models.data.input_errors import InputError
-from models.data.ismrmrd_header import build_header, header_to_xml, parse_header
-from models.data.ismrmrd_inspect import HDF5_ERRORS, READ_CHUNK_RECORDS, check_data_dataset, unreadable
-from models.data.sample import Geometry, KSpaceSample, SampleIndex
+from mrdserve.models.data.acquisitions import AcquisitionAssembler
+from mrdserve.models.data.input_errors import InputError
+from mrdserve.models.data.ismrmrd_header import build_header, header_to_xml, parse_header
+from mrdserve.models.data.ismrmrd_inspect import HDF5_ERRORS, READ_CHUNK_RECORDS, check_data_dataset, unreadable
+from mrdserve.models.data.sample import Geometry, KSpaceSample, SampleIndex
 
 _INDEX_FIELDS = ("slice", "contrast", "repetition", "set", "phase")
 

@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from models.data.baseline import MIN_CALIBRATION_LINES, calibration_lines, center_crop
-from models.data.sample import KSpaceSample
-from models.physics.density import normalise_density, pipe_menon_density
-from models.physics.prepare_cartesian import prepare_cartesian
-from models.physics.prepare_noncartesian import prepare_noncartesian, to_network_inputs
+from mrdserve.models.data.baseline import MIN_CALIBRATION_LINES, calibration_lines, center_crop
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.models.physics.density import normalise_density, pipe_menon_density
+from mrdserve.models.physics.prepare_cartesian import prepare_cartesian
+from mrdserve.models.physics.prepare_noncartesian import prepare_noncartesian, to_network_inputs
 
 TASKS = ("cartesian2d-multicoil", "cartesian2d-singlecoil", "noncartesian2d-multicoil",
          "noncartesian2d-singlecoil", "noncartesian3d")

@@ -27,20 +27,26 @@ import h5py
 import numpy as np
 import torch
 
-from models.data.acquisitions import remove_readout_oversampling
-from models.data.coils import (
+from mrdserve.models.data.acquisitions import remove_readout_oversampling
+from mrdserve.models.data.coils import (
     add_noise,
     coil_sensitivities_2d,
     coil_sensitivities_3d,
     noise_samples,
     random_coil_covariance,
 )
-from models.data.ismrmrd_header import build_header
-from models.data.phantoms import complex_phantom_2d, complex_phantom_3d
-from models.physics.fft import fftnc
-from models.physics.masks import EquispacedFractionMask, EquispacedMask, MaskFunc, RandomMask, acs_lines
-from models.physics.nufft import NufftOp
-from models.physics.trajectories import radial_2d, radial_3d, spiral_2d, spiral_turns_for_nyquist, stack_of_stars
+from mrdserve.models.data.ismrmrd_header import build_header
+from mrdserve.models.data.phantoms import complex_phantom_2d, complex_phantom_3d
+from mrdserve.models.physics.fft import fftnc
+from mrdserve.models.physics.masks import EquispacedFractionMask, EquispacedMask, MaskFunc, RandomMask, acs_lines
+from mrdserve.models.physics.nufft import NufftOp
+from mrdserve.models.physics.trajectories import (
+    radial_2d,
+    radial_3d,
+    spiral_2d,
+    spiral_turns_for_nyquist,
+    stack_of_stars,
+)
 
 __all__ = [
     "MASK_TYPES",
@@ -416,7 +422,7 @@ def write_simulation(path: str | Path, sim: Simulation, fmt: str = "ismrmrd") ->
     Cartesian k-space is stored exactly as simulated (oversampled readout, noise in the margin included);
     3D Cartesian partitions become ``kspace_encode_step_2``; non-Cartesian trajectories are stored per sample.
     """
-    from models.data import ismrmrd_io
+    from mrdserve.models.data import ismrmrd_io
 
     path = Path(path)
     if fmt not in FORMATS:
@@ -443,7 +449,7 @@ def write_simulation(path: str | Path, sim: Simulation, fmt: str = "ismrmrd") ->
 def _write_fastmri(path: Path, sim: Simulation) -> None:
     """fastMRI layout: undersampled (oversampled-readout) k-space, ``mask``, ``reconstruction_rss`` (the
     ground-truth magnitude on the recon matrix), an ISMRMRD header and the test-set attributes."""
-    from models.data.fastmri import write_fastmri
+    from mrdserve.models.data.fastmri import write_fastmri
 
     if sim.trajectory_type != "cartesian" or sim.mask is None or sim.acs is None:
         raise ValueError("the fastMRI format holds 2D Cartesian data only")

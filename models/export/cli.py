@@ -35,7 +35,7 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 def run_validate(args: argparse.Namespace) -> int:
     """Write the envelope into the artifact's manifest and print it; 1 with a message on refusal."""
-    from models.export.envelope import summary, write_envelope
+    from mrdserve.models.export.envelope import summary, write_envelope
 
     try:
         manifest = write_envelope(args.artifact, args.grid)
@@ -53,7 +53,7 @@ def run_export(args: argparse.Namespace) -> int:
     """Export, print where the artifact went and its equivalence figures; 1 with a message on refusal."""
     import json
 
-    from models.export.export import export_checkpoint
+    from mrdserve.models.export.export import export_checkpoint
 
     try:
         target = export_checkpoint(args.checkpoint, args.out_dir, name=args.name, version=args.version,

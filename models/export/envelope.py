@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.data.baseline import CLASSICAL_METHODS, classical_reconstruction
-from models.data.envelope import bin_edges, relative_noise
-from models.data.ismrmrd_io import read_ismrmrd
-from models.data.metrics import fitted_scores
-from models.data.prepare import collate, output_to_image, prepare_sample
-from models.data.sample import KSpaceSample
-from models.data.simulate import read_ground_truth, simulate_to_file
+from mrdserve.models.data.baseline import CLASSICAL_METHODS, classical_reconstruction
+from mrdserve.models.data.envelope import bin_edges, relative_noise
+from mrdserve.models.data.ismrmrd_io import read_ismrmrd
+from mrdserve.models.data.metrics import fitted_scores
+from mrdserve.models.data.prepare import collate, output_to_image, prepare_sample
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.models.data.simulate import read_ground_truth, simulate_to_file
 
 ENVELOPE_SEED = 7_000_001  # held-out simulation seeds start here (training uses other seeds)
 SERVE_MARGIN_DB = 0.25
@@ -175,8 +175,8 @@ def write_envelope(artifact_dir: str | Path, grid: Grid | str) -> dict[str, Any]
     acceptance constraints to the validated ranges; returns the updated manifest."""
     import json
 
-    from models.data.envelope import envelope_constraints
-    from models.data.manifest_schema import MANIFEST_FILE, load_manifest, validate_manifest
+    from mrdserve.models.data.envelope import envelope_constraints
+    from mrdserve.models.data.manifest_schema import MANIFEST_FILE, load_manifest, validate_manifest
 
     directory = Path(artifact_dir)
     manifest = load_manifest(directory)

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.data.manifest_schema import MANIFEST_FILE, SCHEMA_VERSION, sha256_file, validate_manifest
-from models.data.prepare import PreparedSample, collate, prepare_sample
-from models.data.sample import KSpaceSample
-from models.data.simulate import simulate_cartesian, simulate_noncartesian
-from models.nets.registry import build_network
+from mrdserve.models.data.manifest_schema import MANIFEST_FILE, SCHEMA_VERSION, sha256_file, validate_manifest
+from mrdserve.models.data.prepare import PreparedSample, collate, prepare_sample
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.models.data.simulate import simulate_cartesian, simulate_noncartesian
+from mrdserve.models.nets.registry import build_network
 
 CHECKPOINT_FORMAT = "mrdserve-checkpoint/1"
 DEMO_INTENDED_USE = (

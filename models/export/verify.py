@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.data.manifest_schema import verify_artifact
+from mrdserve.models.data.manifest_schema import verify_artifact
 
 
 def load_and_run(artifact_dir: str | Path,

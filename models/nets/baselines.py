@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.nets.unet import UNet
+from mrdserve.models.nets.unet import UNet
 
 
 def _magnitude_of_real_pair(x: torch.Tensor) -> torch.Tensor:

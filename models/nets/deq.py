@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as spectral_normalise
 
-from models.nets.anderson import anderson
-from models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
-from models.physics.fft import fftnc, ifftnc
+from mrdserve.models.nets.anderson import anderson
+from mrdserve.models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
+from mrdserve.models.physics.fft import fftnc, ifftnc
 
 ETA_MAX = 2.0 / 3.0  # largest step for which (1 - eta) I - eta A^H A has norm <= 1 - eta when ||A|| <= 1
 BACKPROP_MODES = ("jfb", "full")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from models.nets.padding import crop_like, pad_to_multiple
+from mrdserve.models.nets.padding import crop_like, pad_to_multiple
 
 
 class WeightNormConv2d(nn.Module):

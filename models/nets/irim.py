@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
-from models.nets.invertible import InvertibleLayer, invertible_sequence, sequence_inverse
-from models.nets.rim import sense_adjoint_image, sense_gradient
+from mrdserve.models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
+from mrdserve.models.nets.invertible import InvertibleLayer, invertible_sequence, sequence_inverse
+from mrdserve.models.nets.rim import sense_adjoint_image, sense_gradient
 
 
 class GradientUpdate(nn.Module):

@@ -18,7 +18,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from models.nets.padding import check_residual_channels, crop_like, leading_complex_channels, pad_to_multiple
+from mrdserve.models.nets.padding import check_residual_channels, crop_like, leading_complex_channels, pad_to_multiple
 
 PRESETS: dict[str, dict] = {
     "small": {"filters": [32, 64], "n_convs": 2, "first_filters": 32, "n_first_convs": 2},

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
+from mrdserve.models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
 
 if TYPE_CHECKING:
-    from models.physics.nufft import NufftOp
+    from mrdserve.models.physics.nufft import NufftOp
 
 
 class ImageCorrection(nn.Module):
@@ -82,7 +82,7 @@ class NCPDNet(nn.Module):
         self.refine_sensitivities = refine_sensitivities
         self.image_nets = nn.ModuleList(ImageCorrection(n_primal, n_filters, n_dims) for _ in range(n_iter))
         if refine_sensitivities:
-            from models.nets.sensitivity_refiner import SensitivityRefiner
+            from mrdserve.models.nets.sensitivity_refiner import SensitivityRefiner
 
             self.refiner: nn.Module = SensitivityRefiner(preset="small", dim=n_dims)
         else:
@@ -213,7 +213,7 @@ class NCPDNet(nn.Module):
         density and, for multicoil, complex sensitivities ``[B, C, *S]``. Refined maps (when asked) serve every
         NUFFT here, initial adjoint included, as in the reference implementation.
         """
-        from models.physics.nufft import NufftOp
+        from mrdserve.models.physics.nufft import NufftOp
 
         if self.multicoil and op.smaps is None:
             raise ValueError("op.smaps is required by a multicoil NC-PDNet")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
-from models.physics.fft import fftnc, ifftnc
+from mrdserve.models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
+from mrdserve.models.physics.fft import fftnc, ifftnc
 
 
 def complex_cnn(n_in: int, n_out: int, n_filters: int = 32, n_convs: int = 3) -> nn.Sequential:

@@ -7,13 +7,13 @@ from typing import Any
 
 from torch import nn
 
-from models.nets.baselines import UNetBaseline, ZeroFilled
-from models.nets.deq import DEQ
-from models.nets.irim import IRIM
-from models.nets.ncpdnet import NCPDNet
-from models.nets.pdnet import PDNet
-from models.nets.rim import RIM
-from models.nets.xpdnet import XPDNet
+from mrdserve.models.nets.baselines import UNetBaseline, ZeroFilled
+from mrdserve.models.nets.deq import DEQ
+from mrdserve.models.nets.irim import IRIM
+from mrdserve.models.nets.ncpdnet import NCPDNet
+from mrdserve.models.nets.pdnet import PDNet
+from mrdserve.models.nets.rim import RIM
+from mrdserve.models.nets.xpdnet import XPDNet
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "xpdnet": XPDNet,

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
-from models.physics.fft import fftnc, ifftnc
+from mrdserve.models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
+from mrdserve.models.physics.fft import fftnc, ifftnc
 
 
 def sense_adjoint_image(kspace: torch.Tensor, smaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.nets.unet import UNet
+from mrdserve.models.nets.unet import UNet
 
 PRESETS: dict[str, list[int]] = {"small": [4, 8, 16], "big": [8, 16, 32, 64]}
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from models.nets.padding import check_residual_channels, crop_like, leading_complex_channels, pad_to_multiple
+from mrdserve.models.nets.padding import check_residual_channels, crop_like, leading_complex_channels, pad_to_multiple
 
 
 def _conv(dim: int, in_channels: int, out_channels: int, kernel_size: int, padding: int) -> nn.Module:

@@ -14,10 +14,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
-from models.nets.mwcnn import MWCNN
-from models.nets.sensitivity_refiner import SensitivityRefiner
-from models.physics.fft import fftnc, ifftnc
+from mrdserve.models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
+from mrdserve.models.nets.mwcnn import MWCNN
+from mrdserve.models.nets.sensitivity_refiner import SensitivityRefiner
+from mrdserve.models.physics.fft import fftnc, ifftnc
 
 ImageNetFactory = Callable[[int, int], nn.Module]
 

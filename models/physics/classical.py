@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from models.physics.cg import conjugate_gradient
-from models.physics.fft import ifftnc
-from models.physics.sense import sense_adjoint, sense_normal
+from mrdserve.models.physics.cg import conjugate_gradient
+from mrdserve.models.physics.fft import ifftnc
+from mrdserve.models.physics.sense import sense_adjoint, sense_normal
 
 if TYPE_CHECKING:
-    from models.physics.nufft import NufftOp
+    from mrdserve.models.physics.nufft import NufftOp
 
 
 def rss(coil_images: torch.Tensor, dim: int = 1) -> torch.Tensor:

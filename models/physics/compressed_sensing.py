@@ -20,7 +20,7 @@ import ptwt
 import pywt
 import torch
 
-from models.physics.noise_level import quantile
+from mrdserve.models.physics.noise_level import quantile
 
 DEFAULT_RELATIVE_LAMBDA = 0.002
 NOISE_LAMBDA_FACTOR = 0.25

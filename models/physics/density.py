@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from models.physics.nufft import LruCache, nufft_adjoint, nufft_forward, trajectory_hash
+from mrdserve.models.physics.nufft import LruCache, nufft_adjoint, nufft_forward, trajectory_hash
 
 
 def _gridding_pair(trajectory: torch.Tensor, image_shape: tuple[int, ...], kernel_eps: float) -> tuple:

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from models.physics.fft import ifftnc
+from mrdserve.models.physics.fft import ifftnc
 
 # The calibration region must be at least this many kernel widths across (see effective_kernel_size).
 CALIB_WIDTH_PER_KERNEL = 2.5

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from models.physics.classical import rss
-from models.physics.fft import ifftnc
+from mrdserve.models.physics.classical import rss
+from mrdserve.models.physics.fft import ifftnc
 
 MIN_ROWS_PER_UNKNOWN = 5  # calibration equations per kernel weight, against over-fitting a narrow ACS block
 MAX_CALIBRATION_RESIDUAL = 0.25  # a kernel that cannot explain its own ACS lines better than this is not used

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.physics.toeplitz import toeplitz_apply, toeplitz_kernel
+from mrdserve.models.physics.toeplitz import toeplitz_apply, toeplitz_kernel
 
 BACKENDS = ("auto", "torchkbnufft", "finufft", "cufinufft")
 

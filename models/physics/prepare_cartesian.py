@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from models.physics.espirit import espirit
-from models.physics.sense import sense_adjoint
-from models.physics.sensitivities import sensitivities_from_acs
+from mrdserve.models.physics.espirit import espirit
+from mrdserve.models.physics.sense import sense_adjoint
+from mrdserve.models.physics.sensitivities import sensitivities_from_acs
 
 SENSITIVITY_METHODS = ("acs", "espirit", "ones")
 SCALE_QUANTILE = 0.99

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from models.physics.density import pipe_menon_density
-from models.physics.nufft import NufftOp
-from models.physics.sensitivities import sensitivities_noncartesian
+from mrdserve.models.physics.density import pipe_menon_density
+from mrdserve.models.physics.nufft import NufftOp
+from mrdserve.models.physics.sensitivities import sensitivities_noncartesian
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from models.physics.fft import fftnc, ifftnc
+from mrdserve.models.physics.fft import fftnc, ifftnc
 
 
 def sense_forward(image: torch.Tensor, smaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from models.physics.fft import ifftnc
-from models.physics.nufft import NufftOp
+from mrdserve.models.physics.fft import ifftnc
+from mrdserve.models.physics.nufft import NufftOp
 
 
 def _normalise_by_rss(coil_images: torch.Tensor, eps: float) -> torch.Tensor:

@@ -55,7 +55,7 @@ def toeplitz_kernel(trajectory: torch.Tensor, image_shape: tuple[int, ...],
     The PSF on the 2N grid is one adjoint NUFFT (finufft type 1 on CPU) of the weights; computed in
     complex128 then cast to ``dtype`` on ``device`` (default: the trajectory's device).
     """
-    from models.physics.nufft import nufft_adjoint  # lazy: networks import toeplitz_apply without NUFFTs
+    from mrdserve.models.physics.nufft import nufft_adjoint  # lazy: networks import toeplitz_apply without NUFFTs
 
     shape = tuple(int(n) for n in image_shape)
     if trajectory.dim() != 2 or trajectory.shape[0] != len(shape):

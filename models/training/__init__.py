@@ -1,1 +1,12 @@
 """Offline trainer: datasets, losses, configuration, loop, checkpoints and evaluation (never imported at serve time)."""
+
+# The public modules (imported on use, never here: importing the package stays cheap).
+__all__ = [
+    "checkpoint",
+    "cli",
+    "config",
+    "datasets",
+    "evaluate",
+    "loop",
+    "losses",
+]

@@ -29,8 +29,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def run_train(args: argparse.Namespace) -> int:
     """Load the config, apply overrides, train; print where the last checkpoint is and its metrics."""
-    from models.training.config import load_config, validate
-    from models.training.loop import train
+    from mrdserve.models.training.config import load_config, validate
+    from mrdserve.models.training.loop import train
 
     try:
         config = load_config(args.config)
@@ -46,7 +46,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     print(f"step {result.step}: checkpoint {result.checkpoint}")
     if result.metrics.get("model"):
-        from models.training.evaluate import format_table, metrics_table
+        from mrdserve.models.training.evaluate import format_table, metrics_table
 
         print(format_table(metrics_table(result.metrics)))
     return 0
@@ -75,11 +75,11 @@ def _data_kind(directory: Path) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint's eager network and the classical baselines; print the table, write CSV + PNGs."""
-    from models.nets.registry import build_network
-    from models.training.checkpoint import load_checkpoint
-    from models.training.datasets import FastMRIDataset, IsmrmrdDataset
-    from models.training.evaluate import evaluate, format_table, metrics_table, write_csv, write_figures
-    from models.training.loop import _mask_func, resolve_device
+    from mrdserve.models.nets.registry import build_network
+    from mrdserve.models.training.checkpoint import load_checkpoint
+    from mrdserve.models.training.datasets import FastMRIDataset, IsmrmrdDataset
+    from mrdserve.models.training.evaluate import evaluate, format_table, metrics_table, write_csv, write_figures
+    from mrdserve.models.training.loop import _mask_func, resolve_device
 
     try:
         device = resolve_device(args.device)

@@ -196,8 +196,8 @@ def _positive(value: float, where: str, allow_zero: bool = False) -> None:
 
 def validate(config: TrainConfig) -> TrainConfig:
     """Check names and ranges that types alone cannot (raises ``ValueError`` naming the field)."""
-    from models.nets.registry import NETWORKS
-    from models.training.losses import LOSSES
+    from mrdserve.models.nets.registry import NETWORKS
+    from mrdserve.models.training.losses import LOSSES
 
     _choice(config.task, TASKS, "task")
     _choice(config.network.name, tuple(sorted(NETWORKS)), "network.name")
@@ -228,7 +228,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         _positive(getattr(config.loop, name), f"loop.{name}")
     for name in ("val_every", "val_examples", "num_workers"):
         _positive(getattr(config.loop, name), f"loop.{name}", allow_zero=True)
-    from models.data.prepare import PREPARATIONS as PREPARATION_SPECS
+    from mrdserve.models.data.prepare import PREPARATIONS as PREPARATION_SPECS
 
     spec = PREPARATION_SPECS[config.preparation.name]
     if config.task not in spec.tasks:

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from models.data.baseline import center_crop
-from models.data.fastmri import read_fastmri
-from models.data.ismrmrd_io import read_ismrmrd
-from models.data.prepare import PREPARATIONS, TASKS, prepare_sample, task_of
-from models.data.sample import KSpaceSample, SampleIndex
-from models.data.simulate import (
+from mrdserve.models.data.baseline import center_crop
+from mrdserve.models.data.fastmri import read_fastmri
+from mrdserve.models.data.ismrmrd_io import read_ismrmrd
+from mrdserve.models.data.prepare import PREPARATIONS, TASKS, prepare_sample, task_of
+from mrdserve.models.data.sample import KSpaceSample, SampleIndex
+from mrdserve.models.data.simulate import (
     GROUND_TRUTH_GROUP,
     MASK_TYPES,
     Simulation,
@@ -38,9 +38,9 @@ from models.data.simulate import (
     simulate_cartesian,
     simulate_noncartesian,
 )
-from models.physics.classical import rss
-from models.physics.fft import ifftnc
-from models.physics.masks import MaskFunc
+from mrdserve.models.physics.classical import rss
+from mrdserve.models.physics.fft import ifftnc
+from mrdserve.models.physics.masks import MaskFunc
 
 __all__ = [
     "FastMRIDataset",
@@ -141,7 +141,7 @@ def sample_from_simulation(sim: Simulation, slice_index: int = 0) -> KSpaceSampl
     if sim.mask is not None:
         if sim.is_3d:
             raise ValueError("3D Cartesian simulations have no training task")
-        from models.data.acquisitions import remove_readout_oversampling
+        from mrdserve.models.data.acquisitions import remove_readout_oversampling
 
         kspace = remove_readout_oversampling(sim.kspace[slice_index], sim.matrix[-1])
         return KSpaceSample(kspace=kspace.to(torch.complex64).contiguous(), matrix=sim.matrix,
@@ -273,9 +273,9 @@ class SyntheticDataset(Dataset):
         the RSS of the noiseless coil images after the reader's whitening matrix."""
         if not self.ismrmrd_path:
             return sample_from_simulation(sim, 0), sim.ground_truth[0].abs()
-        from models.data.acquisitions import AcquisitionAssembler
-        from models.data.ismrmrd_io import read_acquisitions
-        from models.data.simulate import write_simulation
+        from mrdserve.models.data.acquisitions import AcquisitionAssembler
+        from mrdserve.models.data.ismrmrd_io import read_acquisitions
+        from mrdserve.models.data.simulate import write_simulation
 
         with tempfile.TemporaryDirectory(prefix="mrdserve-train-") as tmp:
             path = Path(tmp) / "example.h5"

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from models.data import metrics as metric_functions
-from models.data.baseline import classical_reconstruction
-from models.data.prepare import output_to_image
-from models.data.sample import KSpaceSample
-from models.training.datasets import SyntheticDataset, TrainingExample, collate_examples
+from mrdserve.models.data import metrics as metric_functions
+from mrdserve.models.data.baseline import classical_reconstruction
+from mrdserve.models.data.prepare import output_to_image
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.models.training.datasets import SyntheticDataset, TrainingExample, collate_examples
 
 # Classical baselines by report name -> classical_reconstruction method ("rss" is the Cartesian adjoint).
 BASELINES = {"zero-filled": "adjoint", "cg-sense": "cg-sense", "l1-wavelet": "l1-wavelet"}
@@ -73,7 +73,7 @@ def sample_of(dataset: Dataset, index: int) -> KSpaceSample | None:
 
 def _file_sample(dataset: Any, index: int) -> KSpaceSample | None:
     """Sample of a FastMRIDataset/IsmrmrdDataset example, as their ``__getitem__`` builds it."""
-    from models.training import datasets
+    from mrdserve.models.training import datasets
 
     number, position = dataset.index[index]
     if hasattr(dataset, "_volume"):

@@ -34,19 +34,19 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from models.nets.registry import build_network
-from models.physics.masks import MaskFunc
-from models.training import checkpoint as ckpt
-from models.training.config import TrainConfig, config_to_dict
-from models.training.datasets import (
+from mrdserve.models.nets.registry import build_network
+from mrdserve.models.physics.masks import MaskFunc
+from mrdserve.models.training import checkpoint as ckpt
+from mrdserve.models.training.config import TrainConfig, config_to_dict
+from mrdserve.models.training.datasets import (
     FastMRIDataset,
     IsmrmrdDataset,
     SyntheticDataset,
     collate_examples,
     data_version,
 )
-from models.training.evaluate import evaluate
-from models.training.losses import get_loss
+from mrdserve.models.training.evaluate import evaluate
+from mrdserve.models.training.losses import get_loss
 
 log = logging.getLogger(__name__)
 VAL_SEED_OFFSET = 1_000_003  # validation examples of synthetic data come from (seed + offset, index)
@@ -169,13 +169,13 @@ class CachedDataset(Dataset):
 
     def sample(self, index: int) -> Any:
         """The k-space sample behind ``index`` (for the baselines), from the wrapped dataset."""
-        from models.training.evaluate import sample_of
+        from mrdserve.models.training.evaluate import sample_of
 
         return sample_of(self.dataset, index)
 
 
 def _mask_func(generator: dict[str, Any]) -> MaskFunc:
-    from models.data.simulate import MASK_TYPES
+    from mrdserve.models.data.simulate import MASK_TYPES
 
     kind = generator.get("mask_type", "equispaced_fraction")
     if kind not in MASK_TYPES:

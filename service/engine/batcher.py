@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.metrics import ServiceMetrics
+from mrdserve.service.metrics import ServiceMetrics
 
 
 class QueueFullError(RuntimeError):

@@ -20,16 +20,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.data.baseline import check_method, classical_reconstruction
-from models.data.prepare import PreparedSample, collate, output_to_image, prepare_sample
-from models.data.sample import KSpaceSample
-from service.artifacts import Artifact, load_artifacts
-from service.config import ServiceConfig
-from service.engine.batcher import Batcher, QueueFullError, ReconstructionError, ShuttingDownError
-from service.engine.plan import CLASSICAL, Plan, TrajectoryCacheTracker, batch_key, plan_sample, synthetic_sample
-from service.engine.result import ReconResult
-from service.metrics import ServiceMetrics
-from service.runners import Runner, default_runner_kind, load_runner, resolve_device, to_device
+from mrdserve.models.data.baseline import check_method, classical_reconstruction
+from mrdserve.models.data.prepare import PreparedSample, collate, output_to_image, prepare_sample
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.service.artifacts import Artifact, load_artifacts
+from mrdserve.service.config import ServiceConfig
+from mrdserve.service.engine.batcher import Batcher, QueueFullError, ReconstructionError, ShuttingDownError
+from mrdserve.service.engine.plan import (
+    CLASSICAL,
+    Plan,
+    TrajectoryCacheTracker,
+    batch_key,
+    plan_sample,
+    synthetic_sample,
+)
+from mrdserve.service.engine.result import ReconResult
+from mrdserve.service.metrics import ServiceMetrics
+from mrdserve.service.runners import Runner, default_runner_kind, load_runner, resolve_device, to_device
 
 __all__ = ["CLASSICAL", "Engine", "QueueFullError", "ReconstructionError", "ShuttingDownError"]
 

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 import torch
 
-from models.data.baseline import METHODS
-from models.data.envelope import best_classical
-from models.data.prepare import PreparedSample
-from models.data.sample import KSpaceSample
-from models.data.simulate import simulate_cartesian, simulate_noncartesian
-from models.physics.density import DENSITY_WEIGHTS
-from models.physics.nufft import trajectory_hash
-from service.artifacts import Artifact, choose, mismatch
+from mrdserve.models.data.baseline import METHODS
+from mrdserve.models.data.envelope import best_classical
+from mrdserve.models.data.prepare import PreparedSample
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.models.data.simulate import simulate_cartesian, simulate_noncartesian
+from mrdserve.models.physics.density import DENSITY_WEIGHTS
+from mrdserve.models.physics.nufft import trajectory_hash
+from mrdserve.service.artifacts import Artifact, choose, mismatch
 
 CLASSICAL = "classical"
 CLASSICAL_METHOD_NAMES = METHODS  # the classical methods a request may name (models.data.baseline.METHODS)

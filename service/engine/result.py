@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.data.sample import KSpaceSample
+from mrdserve.models.data.sample import KSpaceSample
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Any
 
 import ismrmrd
 
-from service.mrd.protocol import (
+from mrdserve.service.mrd.protocol import (
     MessageId,
     ProtocolError,
     StreamEndedError,
@@ -136,7 +136,7 @@ def stream_acquisitions(host: str, port: int, header_xml: str, acquisitions: lis
 def stream_file(path: str | Path, host: str = "127.0.0.1", port: int = 9002, *, group: str = "dataset",
                 **options: Any) -> StreamResult:
     """Stream the acquisitions of an ISMRMRD file (see ``stream_acquisitions`` for the options)."""
-    from models.data.ismrmrd_io import read_acquisitions
+    from mrdserve.models.data.ismrmrd_io import read_acquisitions
 
     xml, acquisitions = read_acquisitions(path, group)
     return stream_acquisitions(host, port, xml, acquisitions, **options)
@@ -173,7 +173,7 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_stream(args: argparse.Namespace) -> int:
-    from models.data.ismrmrd_io import read_acquisitions
+    from mrdserve.models.data.ismrmrd_io import read_acquisitions
 
     parameters = None
     if args.params:

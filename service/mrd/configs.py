@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from models.data.baseline import METHODS
-from service.artifacts import Artifact
+from mrdserve.models.data.baseline import METHODS
+from mrdserve.service.artifacts import Artifact
 
 AUTOMATIC = ("default", "auto")
 CLASSICAL = "classical"

@@ -13,11 +13,11 @@ import ipaddress
 import logging
 from typing import Any
 
-from service.admission import Budget
-from service.config import ServiceConfig
-from service.log import log_event
-from service.mrd.protocol import Limits, encode_close, encode_text
-from service.mrd.session import DEFAULT_LIMITS, ENGINE_WAIT_S, READ_TIMEOUT_S, MrdSession
+from mrdserve.service.admission import Budget
+from mrdserve.service.config import ServiceConfig
+from mrdserve.service.log import log_event
+from mrdserve.service.mrd.protocol import Limits, encode_close, encode_text
+from mrdserve.service.mrd.session import DEFAULT_LIMITS, ENGINE_WAIT_S, READ_TIMEOUT_S, MrdSession
 
 logger = logging.getLogger("mrdserve.mrd")
 

@@ -22,16 +22,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.data.acquisitions import AcquisitionAssembler
-from models.data.baseline import METHODS
-from models.data.sample import KSpaceSample
-from service.admission import Budget, StreamBudget, admit_header, check_samples
-from service.config import ServiceConfig
-from service.engine.plan import plan_sample
-from service.log import log_event
-from service.memory import release_memory
-from service.mrd.configs import CLASSICAL, ConfigChoice, UnknownConfigError, resolve
-from service.mrd.protocol import (
+from mrdserve.models.data.acquisitions import AcquisitionAssembler
+from mrdserve.models.data.baseline import METHODS
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.service.admission import Budget, StreamBudget, admit_header, check_samples
+from mrdserve.service.config import ServiceConfig
+from mrdserve.service.engine.plan import plan_sample
+from mrdserve.service.log import log_event
+from mrdserve.service.memory import release_memory
+from mrdserve.service.mrd.configs import CLASSICAL, ConfigChoice, UnknownConfigError, resolve
+from mrdserve.service.mrd.protocol import (
     Limits,
     MessageId,
     ProtocolError,
@@ -41,7 +41,7 @@ from service.mrd.protocol import (
     encode_text,
     read_message,
 )
-from service.outputs.ismrmrd_images import IMAGE_DTYPES, to_ismrmrd_images
+from mrdserve.service.outputs.ismrmrd_images import IMAGE_DTYPES, to_ismrmrd_images
 
 logger = logging.getLogger("mrdserve.mrd")
 
@@ -403,7 +403,7 @@ class MrdSession:
         await self._send(encode_text(f"mrdserve: {where}: {made_by}; {timings} total={1000 * (sent - received):.1f}ms"))
 
     async def _engine_reconstruct(self, sample: KSpaceSample, artifact: str | None) -> list[Any]:
-        from service.engine.batcher import QueueFullError, ShuttingDownError
+        from mrdserve.service.engine.batcher import QueueFullError, ShuttingDownError
 
         deadline = time.monotonic() + QUEUE_RETRY_S
         while True:
@@ -429,7 +429,7 @@ class MrdSession:
 
     @staticmethod
     def _explain(error: Exception) -> str:
-        from service.engine.batcher import QueueFullError, ReconstructionError
+        from mrdserve.service.engine.batcher import QueueFullError, ReconstructionError
 
         if isinstance(error, QueueFullError):
             return f"the server is busy: {error}"

@@ -16,8 +16,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from service.engine.result import ReconResult
-from service.outputs.dicom_header import (
+from mrdserve.service.engine.result import ReconResult
+from mrdserve.service.outputs.dicom_header import (
     add_mr_acquisition,
     add_patient_and_study,
     add_series_and_equipment,
@@ -26,8 +26,8 @@ from service.outputs.dicom_header import (
     header_frame_of_reference,
     protocol_name,
 )
-from service.outputs.geometry import Plane, image_planes, plane_images
-from service.outputs.presentation import UINT16_MAX, describe, display_window, maker, to_uint16, uint16_slope
+from mrdserve.service.outputs.geometry import Plane, image_planes, plane_images
+from mrdserve.service.outputs.presentation import UINT16_MAX, describe, display_window, maker, to_uint16, uint16_slope
 
 
 def _acquisition_time(result: ReconResult) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.engine.result import ReconResult
+from mrdserve.service.engine.result import ReconResult
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

@@ -14,9 +14,9 @@ from typing import Any
 import ismrmrd
 import numpy as np
 
-from models.data.ismrmrd_header import header_to_xml
-from service.engine.result import ReconResult
-from service.outputs.presentation import describe, display_window, maker, to_uint16, uint16_slope
+from mrdserve.models.data.ismrmrd_header import header_to_xml
+from mrdserve.service.engine.result import ReconResult
+from mrdserve.service.outputs.presentation import describe, display_window, maker, to_uint16, uint16_slope
 
 IMAGE_DTYPES = ("float32", "uint16")
 

@@ -14,8 +14,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from service.engine.result import ReconResult
-from service.outputs.geometry import LPS_TO_RAS, Plane, image_planes, plane_images
+from mrdserve.service.engine.result import ReconResult
+from mrdserve.service.outputs.geometry import LPS_TO_RAS, Plane, image_planes, plane_images
 
 _SAME_AXIS_TOLERANCE = 1e-3
 

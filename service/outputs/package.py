@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.engine.result import ReconResult
-from service.outputs.dicom import write_dicom_series
-from service.outputs.ismrmrd_images import write_ismrmrd_images
-from service.outputs.nifti import write_nifti
-from service.outputs.png import write_png
+from mrdserve.service.engine.result import ReconResult
+from mrdserve.service.outputs.dicom import write_dicom_series
+from mrdserve.service.outputs.ismrmrd_images import write_ismrmrd_images
+from mrdserve.service.outputs.nifti import write_nifti
+from mrdserve.service.outputs.png import write_png
 
 PACKAGE_FORMATS = ("dicom", "nifti", "ismrmrd", "png")
 

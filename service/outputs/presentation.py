@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.engine.result import ReconResult
+from mrdserve.service.engine.result import ReconResult
 
 UINT16_MAX = 65535
 

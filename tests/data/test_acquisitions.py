@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.data.acquisitions import AcquisitionAssembler
-from models.data.ismrmrd_header import build_header, header_to_xml
-from models.physics.prewhiten import noise_covariance
+from mrdserve.models.data.acquisitions import AcquisitionAssembler
+from mrdserve.models.data.ismrmrd_header import build_header, header_to_xml
+from mrdserve.models.physics.prewhiten import noise_covariance
 
 N_COILS, NY, NX = 3, 8, 16
 

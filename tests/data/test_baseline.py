@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.data.baseline import AUTO_ACCELERATED, classical_reconstruction
-from models.data.coils import coil_sensitivities_2d
-from models.data.ismrmrd_io import read_ismrmrd
-from models.data.metrics import psnr, ssim
-from models.data.phantoms import complex_phantom_2d
-from models.data.sample import KSpaceSample
-from models.data.simulate import read_ground_truth, simulate_to_file
-from models.physics.density import pipe_menon_density
-from models.physics.nufft import NufftOp
-from models.physics.trajectories import spiral_2d
+from mrdserve.models.data.baseline import AUTO_ACCELERATED, classical_reconstruction
+from mrdserve.models.data.coils import coil_sensitivities_2d
+from mrdserve.models.data.ismrmrd_io import read_ismrmrd
+from mrdserve.models.data.metrics import psnr, ssim
+from mrdserve.models.data.phantoms import complex_phantom_2d
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.models.data.simulate import read_ground_truth, simulate_to_file
+from mrdserve.models.physics.density import pipe_menon_density
+from mrdserve.models.physics.nufft import NufftOp
+from mrdserve.models.physics.trajectories import spiral_2d
 
 N = 64
 CARTESIAN_N = 96

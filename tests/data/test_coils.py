@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.data.coils import (
+from mrdserve.models.data.coils import (
     add_noise,
     coil_sensitivities_2d,
     coil_sensitivities_3d,
@@ -13,9 +13,9 @@ from models.data.coils import (
     random_coil_covariance,
     sigma_for_snr,
 )
-from models.data.phantoms import phantom_2d
-from models.physics.fft import fft2c, ifft2c
-from models.physics.prewhiten import noise_covariance, prewhiten, prewhitening_matrix
+from mrdserve.models.data.phantoms import phantom_2d
+from mrdserve.models.physics.fft import fft2c, ifft2c
+from mrdserve.models.physics.prewhiten import noise_covariance, prewhiten, prewhitening_matrix
 
 
 def _rss(maps: torch.Tensor) -> torch.Tensor:

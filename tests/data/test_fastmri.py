@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.data.fastmri import read_fastmri, write_fastmri
-from models.data.ismrmrd_header import build_header
-from models.physics.fft import fft2c, ifft2c
+from mrdserve.models.data.fastmri import read_fastmri, write_fastmri
+from mrdserve.models.data.ismrmrd_header import build_header
+from mrdserve.models.physics.fft import fft2c, ifft2c
 
 S, C, NY, NX = 2, 3, 24, 32  # ours: [S, C, ky (phase), kx (readout)]
 

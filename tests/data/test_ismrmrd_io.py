@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from models.data.acquisitions import AcquisitionAssembler, remove_readout_oversampling
-from models.data.ismrmrd_io import (
+from mrdserve.models.data.acquisitions import AcquisitionAssembler, remove_readout_oversampling
+from mrdserve.models.data.ismrmrd_io import (
     header_from_file,
     read_acquisitions,
     read_ismrmrd,
     write_ismrmrd_cartesian,
     write_ismrmrd_noncartesian,
 )
-from models.data.sample import Geometry, SampleIndex
-from models.data.trajectory_units import units_from_header
-from models.physics.fft import fft2c, ifft2c
-from models.physics.prewhiten import noise_covariance, prewhitening_matrix
+from mrdserve.models.data.sample import Geometry, SampleIndex
+from mrdserve.models.data.trajectory_units import units_from_header
+from mrdserve.models.physics.fft import fft2c, ifft2c
+from mrdserve.models.physics.prewhiten import noise_covariance, prewhitening_matrix
 
 N_COILS, NY, NX = 4, 64, 64
 
@@ -293,8 +293,8 @@ def test_cpp_reference_recon_reads_our_files(tmp_path: Path) -> None:
      "receiverChannels does not hold a valid int"),
 ])
 def test_header_values_that_cannot_be_used_are_named_without_their_value(old, new, message):
-    from models.data.input_errors import InputError
-    from models.data.ismrmrd_header import build_header, header_to_xml, parse_header
+    from mrdserve.models.data.input_errors import InputError
+    from mrdserve.models.data.ismrmrd_header import build_header, header_to_xml, parse_header
 
     xml = header_to_xml(build_header((16, 16)))
     assert old in xml

@@ -9,8 +9,8 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from models.data.metrics import nmse, psnr, ssim
-from models.data.phantoms import phantom_2d
+from mrdserve.models.data.metrics import nmse, psnr, ssim
+from mrdserve.models.data.phantoms import phantom_2d
 
 
 def _volume_pair(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.data.phantoms import (
+from mrdserve.models.data.phantoms import (
     complex_phantom_2d,
     complex_phantom_3d,
     phantom_2d,

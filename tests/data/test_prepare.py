@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from models.data.prepare import (
+from mrdserve.models.data.prepare import (
     PREPARATIONS,
     TASKS,
     PreparedSample,
@@ -16,11 +16,11 @@ from models.data.prepare import (
     prepare_sample,
     task_of,
 )
-from models.data.sample import KSpaceSample
-from models.data.simulate import simulate_cartesian, simulate_cartesian_3d, simulate_noncartesian
-from models.nets.registry import build_network
-from models.physics.fft import ifftnc
-from models.training.datasets import sample_from_simulation
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.models.data.simulate import simulate_cartesian, simulate_cartesian_3d, simulate_noncartesian
+from mrdserve.models.nets.registry import build_network
+from mrdserve.models.physics.fft import ifftnc
+from mrdserve.models.training.datasets import sample_from_simulation
 
 N = 32
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.data.ismrmrd_io import read_acquisitions, read_ismrmrd
-from models.physics.classical import cartesian_cg_sense, zero_filled_rss
-from models.physics.sensitivities import sensitivities_from_acs
+from mrdserve.models.data.ismrmrd_io import read_acquisitions, read_ismrmrd
+from mrdserve.models.physics.classical import cartesian_cg_sense, zero_filled_rss
+from mrdserve.models.physics.sensitivities import sensitivities_from_acs
 
 GENERATOR = "ismrmrd_generate_cartesian_shepp_logan"
 RECON = "ismrmrd_recon_cartesian_2d"

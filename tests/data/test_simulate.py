@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.data.ismrmrd_io import read_acquisitions, read_ismrmrd
-from models.data.simulate import (
+from mrdserve.models.data.ismrmrd_io import read_acquisitions, read_ismrmrd
+from mrdserve.models.data.simulate import (
     add_simulate_arguments,
     read_ground_truth,
     remove_readout_oversampling,
@@ -23,9 +23,9 @@ from models.data.simulate import (
     simulate_to_file,
     write_simulation,
 )
-from models.physics.fft import ifft2c, ifftnc
-from models.physics.nufft import NufftOp
-from models.physics.prewhiten import noise_covariance
+from mrdserve.models.physics.fft import ifft2c, ifftnc
+from mrdserve.models.physics.nufft import NufftOp
+from mrdserve.models.physics.prewhiten import noise_covariance
 
 
 def _coil_combine(sim_kspace: torch.Tensor, smaps: torch.Tensor, n_readout: int) -> torch.Tensor:
@@ -252,7 +252,7 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
 
 
 def test_fastmri_file_reads_back(tmp_path: Path) -> None:
-    from models.data.fastmri import read_fastmri
+    from mrdserve.models.data.fastmri import read_fastmri
 
     sim = simulate_to_file(tmp_path / "fm.h5", coils=3, acceleration=4, matrix=32, slices=2, noise=0.01,
                            seed=2, fmt="fastmri")
@@ -270,7 +270,7 @@ def test_fastmri_file_reads_back(tmp_path: Path) -> None:
 def test_image_content_families():
     """Piecewise-constant phantoms (the anatomy's ellipses only) are flat between edges, textured ones are not;
     "mixed" alternates per slice; non-Cartesian simulation refuses what it cannot make."""
-    from models.data.simulate import simulate_cartesian, simulate_to_file
+    from mrdserve.models.data.simulate import simulate_cartesian, simulate_to_file
 
     def flat(image):  # fraction of pixels equal to their right neighbour
         magnitude = image.abs()

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from models.data.ismrmrd_header import build_header
-from models.data.trajectory_units import detect_units, to_radians, units_from_header
+from mrdserve.models.data.ismrmrd_header import build_header
+from mrdserve.models.data.trajectory_units import detect_units, to_radians, units_from_header
 
 MATRIX = (64, 64)
 

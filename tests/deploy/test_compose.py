@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from service.config import ServiceConfig
+from mrdserve.service.config import ServiceConfig
 from tests.deploy.dockerfile import stages
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ServiceConfig
+from mrdserve.service.config import ServiceConfig
 from tests.deploy.dockerfile import DOCKERFILE, ROOT, instructions, lineage, stages
 
 HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))

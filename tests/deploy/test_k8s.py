@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.config import ServiceConfig
+from mrdserve.service.config import ServiceConfig
 from tests.deploy.dockerfile import stages
 from tests.deploy.kustomize import build, key, load_documents
 
@@ -164,11 +164,11 @@ def test_training_job_uses_torchrun_on_gpus():
     job = load_documents(K8S / "jobs" / "train-job.yaml")[0]
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["torchrun"]
-    assert "-m" in container["args"] and "service.cli" in container["args"] and "train" in container["args"]
+    assert "-m" in container["args"] and "mrdserve.service.cli" in container["args"] and "train" in container["args"]
     gpus = container["resources"]["limits"]["nvidia.com/gpu"]
     assert f"--nproc-per-node={gpus}" in container["args"]
     config = container["args"][-1]
-    assert (Path(__file__).resolve().parents[2] / config.split("site-packages/")[1]).is_file()
+    assert (Path(__file__).resolve().parents[2] / config.split("site-packages/mrdserve/")[1]).is_file()
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (optional cross-check)")

@@ -12,13 +12,13 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
-from models.data.ismrmrd_io import read_ismrmrd
-from service.api import create_app
-from service.config import ServiceConfig
-from service.engine.engine import Engine
-from service.metrics import ServiceMetrics
-from service.outputs.package import package_results
-from service.pacs import PacsTarget, dicom_files_in_zip, push
+from mrdserve.models.data.ismrmrd_io import read_ismrmrd
+from mrdserve.service.api import create_app
+from mrdserve.service.config import ServiceConfig
+from mrdserve.service.engine.engine import Engine
+from mrdserve.service.metrics import ServiceMetrics
+from mrdserve.service.outputs.package import package_results
+from mrdserve.service.pacs import PacsTarget, dicom_files_in_zip, push
 from tests.deploy.orthanc import DICOMWEB_PLUGIN, ORTHANC, ORTHANC_AET, free_port, run_orthanc
 
 pytestmark = pytest.mark.skipif(ORTHANC is None or not DICOMWEB_PLUGIN.is_file(),
@@ -35,7 +35,7 @@ def orthanc(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def acquisition(tmp_path_factory) -> Path:
-    from service.cli import main
+    from mrdserve.service.cli import main
     path = tmp_path_factory.mktemp("input") / "cartesian.h5"
     assert main(["simulate", str(path), "--trajectory", "cartesian", "--coils", "4", "--acceleration", "2",
                  "--matrix", "32", "--slices", str(SLICES), "--seed", "5"]) == 0

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from service.metrics import STAGES, ServiceMetrics
+from mrdserve.service.metrics import STAGES, ServiceMetrics
 from tests.deploy.promql import balanced, selectors
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from models.data.envelope import acceleration_of, bin_edges, bin_index, envelope_refusal, relative_noise
-from models.data.manifest_schema import validate_manifest, verify_artifact
-from models.data.sample import KSpaceSample
-from models.data.simulate import simulate_cartesian
-from models.export.envelope import GRIDS, SERVE_MARGIN_DB, write_envelope
-from service.artifacts import Artifact, choose, mismatch
-from service.engine.plan import plan_sample
+from mrdserve.models.data.envelope import acceleration_of, bin_edges, bin_index, envelope_refusal, relative_noise
+from mrdserve.models.data.manifest_schema import validate_manifest, verify_artifact
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.models.data.simulate import simulate_cartesian
+from mrdserve.models.export.envelope import GRIDS, SERVE_MARGIN_DB, write_envelope
+from mrdserve.service.artifacts import Artifact, choose, mismatch
+from mrdserve.service.engine.plan import plan_sample
 from tests.export.test_export import write_checkpoint
 
 
@@ -97,7 +97,7 @@ def test_automatic_choice_only_inside_served_cells_and_names_still_work() -> Non
 
 
 def test_validate_writes_the_envelope_into_the_manifest(tmp_path: Path) -> None:
-    from models.export.export import export_checkpoint
+    from mrdserve.models.export.export import export_checkpoint
 
     target = export_checkpoint(write_checkpoint(tmp_path / "xpdnet.pt", "xpdnet"), tmp_path / "artifacts")
     before = json.loads((target / "manifest.json").read_text())
@@ -122,8 +122,8 @@ def test_validate_writes_the_envelope_into_the_manifest(tmp_path: Path) -> None:
 
 def test_every_cell_of_the_standard_grids_can_be_simulated() -> None:
     """Mask draws only (no reconstruction): each Cartesian cell's R is reachable with its calibration lines."""
-    from models.data.simulate import _mask
-    from models.export.envelope import calibration_fraction
+    from mrdserve.models.data.simulate import _mask
+    from mrdserve.models.export.envelope import calibration_fraction
 
     grid = GRIDS["standard"]
     for matrix in grid.matrix:

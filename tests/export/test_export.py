@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.data.manifest_schema import verify_artifact
-from models.data.prepare import collate
-from models.export.cli import add_export_arguments, run_export
-from models.export.export import _prepared, export_checkpoint, load_checkpoint
-from models.nets.registry import build_network
+from mrdserve.models.data.manifest_schema import verify_artifact
+from mrdserve.models.data.prepare import collate
+from mrdserve.models.export.cli import add_export_arguments, run_export
+from mrdserve.models.export.export import _prepared, export_checkpoint, load_checkpoint
+from mrdserve.models.nets.registry import build_network
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
@@ -76,10 +76,10 @@ _STANDALONE = """
 import importlib.abc, json, sys, torch
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name == "models.nets" or name.startswith("models.nets."):
+        if name == "mrdserve.models.nets" or name.startswith("mrdserve.models.nets."):
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, Block())
-from models.export.verify import load_and_run
+from mrdserve.models.export.verify import load_and_run
 figures = {}
 for artifact, data in json.loads(sys.argv[1]).items():
     saved = torch.load(data)
@@ -87,7 +87,7 @@ for artifact, data in json.loads(sys.argv[1]).items():
     want = saved["expected"]
     figures[artifact] = [float(((torch.from_numpy(outputs[k]) - want).norm() / want.norm()).item())
                          for k in ("torchscript", "onnx")]
-assert not any(m.startswith("models.nets") for m in sys.modules)
+assert not any(m.startswith("mrdserve.models.nets") for m in sys.modules)
 print(json.dumps(figures))
 """
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from models.data.manifest_schema import sha256_file, validate_manifest, verify_artifact
+from mrdserve.models.data.manifest_schema import sha256_file, validate_manifest, verify_artifact
 
 
 def valid_manifest(files: dict[str, str] | None = None, name: str = "demo", version: str = "1.0") -> dict:

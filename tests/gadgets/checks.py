@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.mrd.protocol import MessageId
+from mrdserve.service.mrd.protocol import MessageId
 
 
 def assert_images_match(messages, results, rtol=1e-5):

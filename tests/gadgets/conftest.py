@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from models.data.acquisitions import AcquisitionAssembler
-from service.config import ServiceConfig
-from service.engine.engine import Engine
+from mrdserve.models.data.acquisitions import AcquisitionAssembler
+from mrdserve.service.config import ServiceConfig
+from mrdserve.service.engine.engine import Engine
 from tests.gadgets.gadgetron_side import simulated
 
 

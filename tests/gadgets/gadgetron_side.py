@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from ismrmrd.acquisition import AcquisitionHeader
 
-from gadgets.recon_data import SamplingDescription
-from models.data.acquisitions import remove_readout_oversampling
-from models.data.ismrmrd_header import encoding_info
-from models.data.ismrmrd_io import read_acquisitions
-from models.data.simulate import simulate_to_file
-from service.mrd.protocol import (
+from mrdserve.gadgets.recon_data import SamplingDescription
+from mrdserve.models.data.acquisitions import remove_readout_oversampling
+from mrdserve.models.data.ismrmrd_header import encoding_info
+from mrdserve.models.data.ismrmrd_io import read_acquisitions
+from mrdserve.models.data.simulate import simulate_to_file
+from mrdserve.service.mrd.protocol import (
     Limits,
     Message,
     MessageId,

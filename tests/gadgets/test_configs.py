@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gadgets.settings import GadgetSettings
+from mrdserve.gadgets.settings import GadgetSettings
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "gadgets" / "config").glob("*.xml"))
 GADGETRON_GADGETS = {"NoiseAdjustGadget", "RemoveROOversamplingGadget", "AcquisitionAccumulateTriggerGadget",

@@ -1,7 +1,7 @@
 """The ``<execute>`` form end to end: the test plays Gadgetron (listens, starts the real
 ``python -m gadgetron <port> gadgets.reconstruct reconstruct`` launcher, sends CONFIG, HEADER, acquisitions and
 CLOSE) and checks the images and the final CLOSE; failures come back as ERROR (id 8) then CLOSE, and the process
-exits. Our own launcher (``python -m gadgets connect``) is checked the same way."""
+exits. Our own launcher (``python -m mrdserve.gadgets connect``) is checked the same way."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import ismrmrd
 import pytest
 
-from service.mrd.protocol import MessageId
+from mrdserve.service.mrd.protocol import MessageId
 from tests.gadgets.checks import assert_images_match
 from tests.gadgets.conftest import expected_results
 from tests.gadgets.gadgetron_side import TIMEOUT_S, GadgetronPort, collect, config_text, stream_bytes
@@ -43,7 +43,7 @@ def _run_gadget(command: list[str], payload: bytes):
     return messages, process.returncode, stderr.decode(errors="replace")
 
 
-GADGETRON = ["gadgetron", "PORT", "gadgets.reconstruct", "reconstruct"]
+GADGETRON = ["gadgetron", "PORT", "mrdserve.gadgets.reconstruct", "reconstruct"]
 
 
 @pytest.mark.parametrize("case", ["cartesian", "radial"])
@@ -71,7 +71,7 @@ def test_our_launcher_reports_a_corrupted_acquisition_and_exits(cartesian):
     broken = ismrmrd.Acquisition(acquisitions[at].getHead(), acquisitions[at].data, acquisitions[at].traj)
     broken.center_sample = 1000  # does not fit the encoded readout
     payload = stream_bytes(config_text(), header, [*acquisitions[:at], broken, *acquisitions[at + 1:]])
-    messages, code, _ = _run_gadget(["gadgets", "connect", "PORT"], payload)
+    messages, code, _ = _run_gadget(["mrdserve.gadgets", "connect", "PORT"], payload)
     assert [m.id for m in messages] == [MessageId.ERROR, MessageId.CLOSE]
     assert "center_sample 1000" in messages[0].value
     assert code == 1

@@ -12,12 +12,12 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from gadgets.connection import GadgetConnection
-from gadgets.listen import Listener
-from gadgets.reconstruct import GadgetSession
-from gadgets.settings import GadgetSettings
-from service.engine.batcher import ReconstructionError
-from service.mrd.protocol import MessageId, encode_text
+from mrdserve.gadgets.connection import GadgetConnection
+from mrdserve.gadgets.listen import Listener
+from mrdserve.gadgets.reconstruct import GadgetSession
+from mrdserve.gadgets.settings import GadgetSettings
+from mrdserve.service.engine.batcher import ReconstructionError
+from mrdserve.service.mrd.protocol import MessageId, encode_text
 from tests.gadgets.checks import assert_images_match
 from tests.gadgets.conftest import expected_results
 from tests.gadgets.gadgetron_side import (
@@ -139,7 +139,7 @@ def test_silent_peer_times_out_with_error(cartesian):
 
 def test_fully_sampled_and_two_coil_scans_through_the_listener(listener, engine, tmp_path):
     """No calibration flags and full sampling, or 2 coils: images, never ERROR, equal to our own ingest."""
-    from models.data.ismrmrd_io import read_acquisitions
+    from mrdserve.models.data.ismrmrd_io import read_acquisitions
     from tests.scanner_like import fully_sampled_without_flags, two_coil
 
     for path in (fully_sampled_without_flags(tmp_path / "full.h5"), two_coil(tmp_path / "two.h5")):

@@ -9,9 +9,9 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from gadgets.connection import EXTRA_PARSERS
-from gadgets.recon_data import bit_to_acquisitions
-from service.mrd.protocol import Limits, MessageId, ProtocolError, read_message_blocking
+from mrdserve.gadgets.connection import EXTRA_PARSERS
+from mrdserve.gadgets.recon_data import bit_to_acquisitions
+from mrdserve.service.mrd.protocol import Limits, MessageId, ProtocolError, read_message_blocking
 from tests.gadgets.gadgetron_side import recon_data_messages
 
 

@@ -3,11 +3,11 @@
 import torch
 from torch import nn
 
-from models.data.coils import coil_sensitivities_2d
-from models.data.phantoms import complex_phantom_2d
-from models.physics.fft import fft2c
-from models.physics.masks import EquispacedFractionMask
-from models.physics.prepare_cartesian import CartesianInputs, prepare_cartesian
+from mrdserve.models.data.coils import coil_sensitivities_2d
+from mrdserve.models.data.phantoms import complex_phantom_2d
+from mrdserve.models.physics.fft import fft2c
+from mrdserve.models.physics.masks import EquispacedFractionMask
+from mrdserve.models.physics.prepare_cartesian import CartesianInputs, prepare_cartesian
 
 
 def random_inputs(batch: int, n_coils: int, shape: tuple[int, int], seed: int = 0,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.nets.anderson import anderson, fixed_point_iteration, relative_residual
+from mrdserve.models.nets.anderson import anderson, fixed_point_iteration, relative_residual
 
 
 def _linear_contraction(batch: int = 3, n: int = 40, rate: float = 0.95, seed: int = 0):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.nets.baselines import UNetBaseline, ZeroFilled
+from mrdserve.models.nets.baselines import UNetBaseline, ZeroFilled
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters
 

@@ -1,6 +1,6 @@
 import torch
 
-from models.nets.complex import (
+from mrdserve.models.nets.complex import (
     channels_to_complex,
     complex_to_channels,
     complex_to_real,

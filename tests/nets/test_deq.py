@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.nets.deq import DEQ
-from models.physics.sense import sense_adjoint, sense_forward
+from mrdserve.models.nets.deq import DEQ
+from mrdserve.models.physics.sense import sense_adjoint, sense_forward
 from tests.nets.cartesian_inputs import fit_losses, prepared_example, random_inputs
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.nets.invertible import (
+from mrdserve.models.nets.invertible import (
     DownsamplingResidualBlock,
     Householder1x1,
     InvertibleLayer,

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.nets.irim import IRIM
-from models.physics.sense import sense_adjoint
+from mrdserve.models.nets.irim import IRIM
+from mrdserve.models.physics.sense import sense_adjoint
 from tests.nets.cartesian_inputs import fit_losses, prepared_example, random_inputs
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters

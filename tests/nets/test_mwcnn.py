@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.nets.mwcnn import MWCNN, PRESETS, haar_dwt, haar_iwt
+from mrdserve.models.nets.mwcnn import MWCNN, PRESETS, haar_dwt, haar_iwt
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters
 

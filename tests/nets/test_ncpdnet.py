@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from models.data.coils import coil_sensitivities_2d
-from models.data.phantoms import complex_phantom_2d
-from models.nets.ncpdnet import NCPDNet, ncpdnet_3d
-from models.physics.nufft import NufftOp
-from models.physics.prepare_noncartesian import prepare_noncartesian, to_network_inputs
-from models.physics.toeplitz import toeplitz_apply
-from models.physics.trajectories import radial_2d, spiral_2d
+from mrdserve.models.data.coils import coil_sensitivities_2d
+from mrdserve.models.data.phantoms import complex_phantom_2d
+from mrdserve.models.nets.ncpdnet import NCPDNet, ncpdnet_3d
+from mrdserve.models.physics.nufft import NufftOp
+from mrdserve.models.physics.prepare_noncartesian import prepare_noncartesian, to_network_inputs
+from mrdserve.models.physics.toeplitz import toeplitz_apply
+from mrdserve.models.physics.trajectories import radial_2d, spiral_2d
 from tests.nets.export_check import assert_exports
 
 SHAPE = (32, 32)

@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from models.data.phantoms import complex_phantom_2d
-from models.nets.pdnet import PDNet
-from models.physics.fft import fft2c, ifft2c
-from models.physics.masks import EquispacedFractionMask
-from models.physics.prepare_cartesian import prepare_cartesian
+from mrdserve.models.data.phantoms import complex_phantom_2d
+from mrdserve.models.nets.pdnet import PDNet
+from mrdserve.models.physics.fft import fft2c, ifft2c
+from mrdserve.models.physics.masks import EquispacedFractionMask
+from mrdserve.models.physics.prepare_cartesian import prepare_cartesian
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters
 

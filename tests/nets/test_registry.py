@@ -1,7 +1,7 @@
 import pytest
 
-from models.nets.ncpdnet import NCPDNet
-from models.nets.registry import NETWORKS, build_network
+from mrdserve.models.nets.ncpdnet import NCPDNet
+from mrdserve.models.nets.registry import NETWORKS, build_network
 
 
 def test_build_by_name_with_kwargs():

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.nets.rim import RIM, sense_gradient
-from models.physics.sense import sense_adjoint, sense_forward
+from mrdserve.models.nets.rim import RIM, sense_gradient
+from mrdserve.models.physics.sense import sense_adjoint, sense_forward
 from tests.nets.cartesian_inputs import prepared_example, random_inputs
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters

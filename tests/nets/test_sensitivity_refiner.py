@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from models.data.coils import coil_sensitivities_2d
-from models.nets.complex import complex_to_real
-from models.nets.sensitivity_refiner import ComplexUNet, SensitivityRefiner
+from mrdserve.models.data.coils import coil_sensitivities_2d
+from mrdserve.models.nets.complex import complex_to_real
+from mrdserve.models.nets.sensitivity_refiner import ComplexUNet, SensitivityRefiner
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters
 

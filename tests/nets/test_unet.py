@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.nets.unet import UNet
+from mrdserve.models.nets.unet import UNet
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.nets.mwcnn import MWCNN
-from models.nets.xpdnet import XPDNet
-from models.physics.sense import sense_adjoint, sense_forward
+from mrdserve.models.nets.mwcnn import MWCNN
+from mrdserve.models.nets.xpdnet import XPDNet
+from mrdserve.models.physics.sense import sense_adjoint, sense_forward
 from tests.nets.cartesian_inputs import fit_losses, prepared_example, random_inputs
 from tests.nets.export_check import assert_exports
 from tests.nets.grad_check import assert_gradients_reach_all_parameters

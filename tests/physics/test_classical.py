@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.physics.cg import conjugate_gradient, conjugate_gradient_with_history
-from models.physics.classical import (
+from mrdserve.models.physics.cg import conjugate_gradient, conjugate_gradient_with_history
+from mrdserve.models.physics.classical import (
     cartesian_cg_sense,
     cartesian_sense_adjoint,
     noncartesian_adjoint,
@@ -12,10 +12,10 @@ from models.physics.classical import (
     rss,
     zero_filled_rss,
 )
-from models.physics.fft import fft2c
-from models.physics.masks import EquispacedMask
-from models.physics.nufft import NufftOp
-from models.physics.trajectories import radial_2d
+from mrdserve.models.physics.fft import fft2c
+from mrdserve.models.physics.masks import EquispacedMask
+from mrdserve.models.physics.nufft import NufftOp
+from mrdserve.models.physics.trajectories import radial_2d
 from tests.physics.coil_phantom import coil_phantom, nrmse
 
 N = 64

@@ -14,24 +14,24 @@ import numpy as np
 import pytest
 import torch
 
-from models.data.baseline import (
+from mrdserve.models.data.baseline import (
     AUTO_ACCELERATED,
     calibration_lines,
     classical_reconstruction,
     is_fully_sampled,
     sampled_lines,
 )
-from models.data.ismrmrd_io import read_ismrmrd
-from models.data.metrics import psnr
-from models.data.sample import KSpaceSample
-from models.data.simulate import read_ground_truth, simulate_cartesian, simulate_to_file
-from models.physics.cg import conjugate_gradient
-from models.physics.compressed_sensing import DEFAULT_RELATIVE_LAMBDA, l1_wavelet, wavelet_shrink
-from models.physics.espirit import espirit
-from models.physics.fft import fftnc
-from models.physics.grappa import grappa_kspace
-from models.physics.noise_level import kspace_noise_variance, tikhonov_weight
-from models.physics.sense import sense_adjoint, sense_normal
+from mrdserve.models.data.ismrmrd_io import read_ismrmrd
+from mrdserve.models.data.metrics import psnr
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.models.data.simulate import read_ground_truth, simulate_cartesian, simulate_to_file
+from mrdserve.models.physics.cg import conjugate_gradient
+from mrdserve.models.physics.compressed_sensing import DEFAULT_RELATIVE_LAMBDA, l1_wavelet, wavelet_shrink
+from mrdserve.models.physics.espirit import espirit
+from mrdserve.models.physics.fft import fftnc
+from mrdserve.models.physics.grappa import grappa_kspace
+from mrdserve.models.physics.noise_level import kspace_noise_variance, tikhonov_weight
+from mrdserve.models.physics.sense import sense_adjoint, sense_normal
 
 
 def _fitted_psnr(truth: np.ndarray, image: np.ndarray) -> float:

@@ -14,9 +14,9 @@ import math
 import pytest
 import torch
 
-from models.physics.density import pipe_menon_density
-from models.physics.toeplitz import toeplitz_apply, toeplitz_kernel
-from models.physics.trajectories import radial_2d, spiral_2d, stack_of_stars
+from mrdserve.models.physics.density import pipe_menon_density
+from mrdserve.models.physics.toeplitz import toeplitz_apply, toeplitz_kernel
+from mrdserve.models.physics.trajectories import radial_2d, spiral_2d, stack_of_stars
 
 SHAPE = (32, 32)
 TRAJECTORIES = {
@@ -93,7 +93,7 @@ def test_three_dimensional_stack_of_stars() -> None:
 
 
 def test_weights_are_cached_per_trajectory_and_returned_as_copies() -> None:
-    from models.physics.density import DENSITY_WEIGHTS
+    from mrdserve.models.physics.density import DENSITY_WEIGHTS
 
     traj = radial_2d(12, 32)
     DENSITY_WEIGHTS.clear()
@@ -111,7 +111,7 @@ def test_weights_are_cached_per_trajectory_and_returned_as_copies() -> None:
 
 @pytest.mark.parametrize("name", sorted(TRAJECTORIES))
 def test_normalise_density_undoes_any_scale(name: str) -> None:
-    from models.physics.density import normalise_density
+    from mrdserve.models.physics.density import normalise_density
 
     traj = TRAJECTORIES[name]
     weights = pipe_menon_density(traj, SHAPE)
@@ -122,7 +122,7 @@ def test_normalise_density_undoes_any_scale(name: str) -> None:
 
 
 def test_normalise_density_validation() -> None:
-    from models.physics.density import normalise_density
+    from mrdserve.models.physics.density import normalise_density
 
     traj = radial_2d(10, 16)
     with pytest.raises(ValueError, match="one per sample"):

@@ -3,13 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.data.coils import coil_sensitivities_2d
-from models.data.metrics import psnr
-from models.data.phantoms import complex_phantom_2d
-from models.physics.classical import cartesian_cg_sense, cartesian_sense_adjoint
-from models.physics.espirit import calibration_region, effective_kernel_size, espirit
-from models.physics.fft import fft2c, fft3c
-from models.physics.masks import EquispacedFractionMask, EquispacedMask
+from mrdserve.models.data.coils import coil_sensitivities_2d
+from mrdserve.models.data.metrics import psnr
+from mrdserve.models.data.phantoms import complex_phantom_2d
+from mrdserve.models.physics.classical import cartesian_cg_sense, cartesian_sense_adjoint
+from mrdserve.models.physics.espirit import calibration_region, effective_kernel_size, espirit
+from mrdserve.models.physics.fft import fft2c, fft3c
+from mrdserve.models.physics.masks import EquispacedFractionMask, EquispacedMask
 from tests.physics.coil_phantom import coil_phantom, map_similarity, nrmse
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from models.physics.fft import fft2c, fft3c, fftnc, ifft2c, ifft3c, ifftnc
+from mrdserve.models.physics.fft import fft2c, fft3c, fftnc, ifft2c, ifft3c, ifftnc
 
 
 def _random(shape, seed=0):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.physics.masks import (
+from mrdserve.models.physics.masks import (
     CartesianMask,
     EquispacedFractionMask,
     EquispacedMask,

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from models.physics.fft import fft2c
-from models.physics.nufft import FINUFFT_PLANS, NufftOp, trajectory_hash
-from models.physics.trajectories import radial_2d, radial_3d
+from mrdserve.models.physics.fft import fft2c
+from mrdserve.models.physics.nufft import FINUFFT_PLANS, NufftOp, trajectory_hash
+from mrdserve.models.physics.trajectories import radial_2d, radial_3d
 
 BACKENDS = ["finufft", "torchkbnufft"]
 SHAPE_2D = (16, 16)

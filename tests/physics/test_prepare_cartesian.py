@@ -3,12 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.data.coils import coil_sensitivities_2d
-from models.data.phantoms import complex_phantom_2d
-from models.physics.fft import fft2c
-from models.physics.masks import EquispacedFractionMask
-from models.physics.prepare_cartesian import acs_from_mask, prepare_cartesian
-from models.physics.sense import sense_adjoint
+from mrdserve.models.data.coils import coil_sensitivities_2d
+from mrdserve.models.data.phantoms import complex_phantom_2d
+from mrdserve.models.physics.fft import fft2c
+from mrdserve.models.physics.masks import EquispacedFractionMask
+from mrdserve.models.physics.prepare_cartesian import acs_from_mask, prepare_cartesian
+from mrdserve.models.physics.sense import sense_adjoint
 
 SHAPE = (48, 40)
 

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from models.data.coils import coil_sensitivities_2d
-from models.data.phantoms import complex_phantom_2d
-from models.physics.density import pipe_menon_density
-from models.physics.nufft import NufftOp
-from models.physics.prepare_noncartesian import NonCartesianInputs, prepare_noncartesian, to_network_inputs
-from models.physics.trajectories import radial_2d
+from mrdserve.models.data.coils import coil_sensitivities_2d
+from mrdserve.models.data.phantoms import complex_phantom_2d
+from mrdserve.models.physics.density import pipe_menon_density
+from mrdserve.models.physics.nufft import NufftOp
+from mrdserve.models.physics.prepare_noncartesian import NonCartesianInputs, prepare_noncartesian, to_network_inputs
+from mrdserve.models.physics.trajectories import radial_2d
 
 SHAPE = (24, 20)
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from models.physics.prewhiten import noise_bandwidth_scale, noise_covariance, prewhiten, prewhitening_matrix
+from mrdserve.models.physics.prewhiten import noise_bandwidth_scale, noise_covariance, prewhiten, prewhitening_matrix
 
 C = 6
 

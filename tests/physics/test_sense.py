@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.physics.sense import SenseOp
+from mrdserve.models.physics.sense import SenseOp
 
 
 def _rand(shape, seed):

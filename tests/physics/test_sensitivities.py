@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.physics.fft import fft2c, fft3c
-from models.physics.nufft import NufftOp
-from models.physics.sensitivities import acs_window, sensitivities_from_acs, sensitivities_noncartesian
-from models.physics.trajectories import radial_2d
+from mrdserve.models.physics.fft import fft2c, fft3c
+from mrdserve.models.physics.nufft import NufftOp
+from mrdserve.models.physics.sensitivities import acs_window, sensitivities_from_acs, sensitivities_noncartesian
+from mrdserve.models.physics.trajectories import radial_2d
 from tests.physics.coil_phantom import coil_phantom, map_similarity
 
 N = 64

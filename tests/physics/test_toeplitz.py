@@ -7,9 +7,9 @@ import warnings
 import pytest
 import torch
 
-from models.physics.nufft import NufftOp
-from models.physics.toeplitz import toeplitz_apply, toeplitz_kernel
-from models.physics.trajectories import radial_2d, radial_3d, spiral_2d
+from mrdserve.models.physics.nufft import NufftOp
+from mrdserve.models.physics.toeplitz import toeplitz_apply, toeplitz_kernel
+from mrdserve.models.physics.trajectories import radial_2d, radial_3d, spiral_2d
 
 
 def _randn(*shape: int, seed: int, dtype: torch.dtype = torch.complex128) -> torch.Tensor:

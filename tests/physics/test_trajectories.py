@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models.physics.trajectories import (
+from mrdserve.models.physics.trajectories import (
     GOLDEN_ANGLE_RAD,
     radial_2d,
     radial_3d,
@@ -125,11 +125,11 @@ def test_variable_density_spiral_is_nyquist_in_the_centre_and_r_fold_outside() -
 
 def test_variable_density_spiral_calibrates_coils_at_r4() -> None:
     """Uniform R=4 spirals undersample the centre too (maps similarity 0.82 at 96^2); the VD one does not."""
-    from models.data.coils import coil_sensitivities_2d
-    from models.data.phantoms import complex_phantom_2d
-    from models.physics.density import pipe_menon_density
-    from models.physics.nufft import NufftOp
-    from models.physics.sensitivities import sensitivities_noncartesian
+    from mrdserve.models.data.coils import coil_sensitivities_2d
+    from mrdserve.models.data.phantoms import complex_phantom_2d
+    from mrdserve.models.physics.density import pipe_menon_density
+    from mrdserve.models.physics.nufft import NufftOp
+    from mrdserve.models.physics.sensitivities import sensitivities_noncartesian
     from tests.physics.coil_phantom import map_similarity
 
     n = 96

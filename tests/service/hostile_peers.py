@@ -12,16 +12,16 @@ from typing import Any
 import numpy as np
 import uvicorn
 
-from service.engine.result import ReconResult
-from service.metrics import ServiceMetrics
-from service.mrd.protocol import Limits, Message, StreamEndedError, read_message_blocking
-from service.mrd.session import MrdSession
-from service.slow_clients import guarded_h11
+from mrdserve.service.engine.result import ReconResult
+from mrdserve.service.metrics import ServiceMetrics
+from mrdserve.service.mrd.protocol import Limits, Message, StreamEndedError, read_message_blocking
+from mrdserve.service.mrd.session import MrdSession
+from mrdserve.service.slow_clients import guarded_h11
 
 
 def small_file(path: Path, matrix: int = 16, coils: int = 2) -> Path:
     """A tiny simulated Cartesian file (fast to mutate and read)."""
-    from service.cli import main
+    from mrdserve.service.cli import main
     assert main(["simulate", str(path), "--coils", str(coils), "--acceleration", "2", "--matrix", str(matrix),
                  "--seed", "5"]) == 0
     return path

@@ -11,11 +11,11 @@ import numpy as np
 from ismrmrd import xsd
 from xsdata.models.datatype import XmlDate, XmlTime
 
-from models.data.baseline import classical_reconstruction
-from models.data.ismrmrd_io import read_ismrmrd
-from models.data.sample import Geometry, KSpaceSample
-from models.data.simulate import simulate_to_file
-from service.engine.result import ReconResult
+from mrdserve.models.data.baseline import classical_reconstruction
+from mrdserve.models.data.ismrmrd_io import read_ismrmrd
+from mrdserve.models.data.sample import Geometry, KSpaceSample
+from mrdserve.models.data.simulate import simulate_to_file
+from mrdserve.service.engine.result import ReconResult
 
 
 def rotation(alpha: float, beta: float, gamma: float) -> np.ndarray:

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from models.data.ismrmrd_io import read_ismrmrd
-from service.admission import Budget
-from service.api import create_app
-from service.config import ServiceConfig
-from service.engine.batcher import QueueFullError, ReconstructionError
-from service.engine.result import ReconResult
-from service.metrics import ServiceMetrics
+from mrdserve.models.data.ismrmrd_io import read_ismrmrd
+from mrdserve.service.admission import Budget
+from mrdserve.service.api import create_app
+from mrdserve.service.config import ServiceConfig
+from mrdserve.service.engine.batcher import QueueFullError, ReconstructionError
+from mrdserve.service.engine.result import ReconResult
+from mrdserve.service.metrics import ServiceMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,7 +58,7 @@ class FakeEngine:
 # ------------------------------------------------------------------------------------------------ input files
 def simulate(path: Path, trajectory: str = "cartesian", matrix: int = 32, coils: int = 4,
              acceleration: int = 2) -> Path:
-    from service.cli import main
+    from mrdserve.service.cli import main
     assert main(["simulate", str(path), "--trajectory", trajectory, "--coils", str(coils), "--acceleration",
                  str(acceleration), "--matrix", str(matrix), "--seed", "3"]) == 0
     return path
@@ -264,6 +264,6 @@ def test_not_ready_until_the_engine_started(tmp_path, cartesian):
 
 def test_samples_read_by_the_api_match_the_file(tmp_path, cartesian):
     _, samples = read_ismrmrd(cartesian)
-    from service.api import ingest
+    from mrdserve.service.api import ingest
     _, samples2 = ingest(cartesian, "dataset", Budget())
     assert len(samples2) == len(samples) and samples2[0].kspace.shape == samples[0].kspace.shape

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from service.engine.batcher import Batcher, QueueFullError, ReconstructionError, ShuttingDownError
-from service.metrics import ServiceMetrics
+from mrdserve.service.engine.batcher import Batcher, QueueFullError, ReconstructionError, ShuttingDownError
+from mrdserve.service.metrics import ServiceMetrics
 
 
 class FakeRunner:

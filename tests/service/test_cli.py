@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.cli import COMMANDS, main
+from mrdserve.service.cli import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "mrdserve.service.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -54,8 +54,9 @@ def test_recon_reports_missing_and_unreadable_input(tmp_path, capsys):
 
 
 def test_runtime_commands_do_not_load_training_code():
-    code = ("import sys; from service.cli import build_parser; build_parser(load=['recon', 'models']); "
-            "print(any(m.startswith(('models.training', 'models.nets', 'models.export')) for m in sys.modules))")
+    code = ("import sys; from mrdserve.service.cli import build_parser; build_parser(load=['recon', 'models']); "
+            "print(any(m.startswith(tuple('mrdserve.models.' + p for p in ('training', 'nets', 'export'))) "
+            "for m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"

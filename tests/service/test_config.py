@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.artifacts import BUNDLED_ARTIFACTS
-from service.config import ServiceConfig, add_config_arguments
+from mrdserve.service.artifacts import BUNDLED_ARTIFACTS
+from mrdserve.service.config import ServiceConfig, add_config_arguments
 
 
 def _args(argv: list[str]) -> argparse.Namespace:

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.uid import MRImageStorage
 
-from service.outputs.dicom import write_dicom_series
+from mrdserve.service.outputs.dicom import write_dicom_series
 from tests.service.output_samples import (
     OBLIQUE,
     classical_results,

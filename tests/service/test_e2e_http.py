@@ -26,7 +26,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from models.data.ismrmrd_io import read_ismrmrd
+from mrdserve.models.data.ismrmrd_io import read_ismrmrd
 from tests.service.test_api import bad_inputs, simulate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ class Server:
         self.port = _free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log = log
-        command = [sys.executable, "-m", "service.cli", "serve", "--host", HOST, "--port", str(self.port),
+        command = [sys.executable, "-m", "mrdserve.service.cli", "serve", "--host", HOST, "--port", str(self.port),
                    "--mrd-port", str(_free_port()), "--device", "cpu", "--spool-dir", str(spool),
                    "--upload-max-bytes", str(UPLOAD_MAX), *flags]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MRDSERVE_")}
@@ -258,7 +258,7 @@ def test_async_jobs_survive_sigkill_and_a_full_queue_answers_503(inputs, tmp_pat
 def test_sigterm_drains_a_synchronous_request_and_a_second_instance_keeps_off_the_spool(tmp_path):
     """SIGTERM while a request runs: it is answered, then the process exits 0; a second `mrdserve serve` on the
     same spool refuses to start (it would re-run the first one's jobs)."""
-    from service.cli import main
+    from mrdserve.service.cli import main
     scan = tmp_path / "slices.h5"
     assert main(["simulate", str(scan), "--matrix", "128", "--coils", "8", "--acceleration", "4", "--slices", "6",
                  "--seed", "2"]) == 0

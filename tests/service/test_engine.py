@@ -9,14 +9,14 @@ import asyncio
 import numpy as np
 import pytest
 
-from models.data.sample import KSpaceSample
-from models.data.simulate import simulate_noncartesian
-from service.artifacts import BUNDLED_ARTIFACTS, load_artifacts
-from service.config import ServiceConfig
-from service.engine.engine import Engine, ShuttingDownError
-from service.engine.plan import synthetic_sample
-from service.offline_recon import OfflineReconstructor
-from service.runners import resolve_device
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.models.data.simulate import simulate_noncartesian
+from mrdserve.service.artifacts import BUNDLED_ARTIFACTS, load_artifacts
+from mrdserve.service.config import ServiceConfig
+from mrdserve.service.engine.engine import Engine, ShuttingDownError
+from mrdserve.service.engine.plan import synthetic_sample
+from mrdserve.service.offline_recon import OfflineReconstructor
+from mrdserve.service.runners import resolve_device
 
 
 def _usable_bundled() -> bool:
@@ -31,7 +31,7 @@ def _usable_bundled() -> bool:
 def artifact_root(tmp_path_factory):
     if _usable_bundled():
         return BUNDLED_ARTIFACTS
-    from models.export.export import export_checkpoint
+    from mrdserve.models.export.export import export_checkpoint
     from tests.export.test_export import write_checkpoint
 
     root = tmp_path_factory.mktemp("engine-artifacts")
@@ -148,8 +148,8 @@ def test_stage_metrics_recorded(loop, engine, radial):
 
 def test_the_classical_path_is_bounded_like_a_queue(tmp_path):
     """No artifact: every slice goes the classical way, which refuses (503) beyond queue_size + its workers."""
-    from models.data.ismrmrd_io import read_ismrmrd
-    from service.engine.batcher import QueueFullError
+    from mrdserve.models.data.ismrmrd_io import read_ismrmrd
+    from mrdserve.service.engine.batcher import QueueFullError
     from tests.service.hostile_peers import small_file
 
     engine = Engine(ServiceConfig(artifacts=[tmp_path], device="cpu", queue_size=1, warmup=False))

@@ -17,16 +17,16 @@ import pytest
 from fastapi.testclient import TestClient
 from ismrmrd.hdf5 import acquisition_header_dtype
 
-from gadgets.connection import GadgetConnection
-from gadgets.reconstruct import GadgetSession
-from gadgets.settings import GadgetSettings
-from models.data.hostile import mutate_head, mutated_bytes, mutated_file, mutated_xml
-from models.data.ismrmrd_io import read_acquisitions
-from service.api import create_app
-from service.cli import main
-from service.config import ServiceConfig
-from service.engine.result import ReconResult
-from service.mrd.protocol import (
+from mrdserve.gadgets.connection import GadgetConnection
+from mrdserve.gadgets.reconstruct import GadgetSession
+from mrdserve.gadgets.settings import GadgetSettings
+from mrdserve.models.data.hostile import mutate_head, mutated_bytes, mutated_file, mutated_xml
+from mrdserve.models.data.ismrmrd_io import read_acquisitions
+from mrdserve.service.api import create_app
+from mrdserve.service.cli import main
+from mrdserve.service.config import ServiceConfig
+from mrdserve.service.engine.result import ReconResult
+from mrdserve.service.mrd.protocol import (
     MessageId,
     ProtocolError,
     encode_close,

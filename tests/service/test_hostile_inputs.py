@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from models.data.hostile import HOSTILE_EDITS, PATIENT_NAME, hostile_files
-from models.data.ismrmrd_io import read_acquisitions
-from service.admission import Budget
-from service.api import create_app
-from service.cli import main
-from service.config import ServiceConfig
-from service.log import JsonFormatter
-from service.mrd.protocol import MessageId, encode_close, encode_config_file, encode_object, encode_text
-from service.mrd.server import MrdServer
+from mrdserve.models.data.hostile import HOSTILE_EDITS, PATIENT_NAME, hostile_files
+from mrdserve.models.data.ismrmrd_io import read_acquisitions
+from mrdserve.service.admission import Budget
+from mrdserve.service.api import create_app
+from mrdserve.service.cli import main
+from mrdserve.service.config import ServiceConfig
+from mrdserve.service.log import JsonFormatter
+from mrdserve.service.mrd.protocol import MessageId, encode_close, encode_config_file, encode_object, encode_text
+from mrdserve.service.mrd.server import MrdServer
 from tests.service.hostile_peers import StreamEngine, UvicornThread, run_session, small_file
 from tests.service.test_api import FakeEngine
 

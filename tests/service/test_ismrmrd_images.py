@@ -5,8 +5,8 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from models.data.ismrmrd_header import parse_header
-from service.outputs.ismrmrd_images import to_ismrmrd_images, write_ismrmrd_images
+from mrdserve.models.data.ismrmrd_header import parse_header
+from mrdserve.service.outputs.ismrmrd_images import to_ismrmrd_images, write_ismrmrd_images
 from tests.service.output_samples import OBLIQUE, classical_results, oblique_slices, simulated
 
 

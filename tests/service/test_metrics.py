@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.metrics import STAGES, ServiceMetrics, render
+from mrdserve.service.metrics import STAGES, ServiceMetrics, render
 
 
 def test_each_instance_has_its_own_registry_and_exposes_every_stage():

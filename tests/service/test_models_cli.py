@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.registry_cli import add_models_arguments, run_models
+from mrdserve.service.registry_cli import add_models_arguments, run_models
 from tests.export.test_manifest import write_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,8 +48,8 @@ def test_table_and_empty_listing(tmp_path, capsys):
 
 
 def test_service_listing_imports_no_network_training_or_export_code():
-    code = ("import sys, service.registry_cli; "
-            "bad = [m for m in sys.modules if m.startswith(('models.nets', 'models.training', 'models.export', "
-            "'torch'))]; print(bad); sys.exit(1 if bad else 0)")
+    code = ("import sys, mrdserve.service.registry_cli; "
+            "heavy = tuple('mrdserve.models.' + p for p in ('nets', 'training', 'export')) + ('torch',); "
+            "bad = [m for m in sys.modules if m.startswith(heavy)]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolDeserializer, ProtocolSerializer
 
-from models.data.ismrmrd_header import parse_header
-from models.data.ismrmrd_io import read_acquisitions
-from models.data.simulate import simulate_to_file
-from service.mrd.protocol import (
+from mrdserve.models.data.ismrmrd_header import parse_header
+from mrdserve.models.data.ismrmrd_io import read_acquisitions
+from mrdserve.models.data.simulate import simulate_to_file
+from mrdserve.service.mrd.protocol import (
     CONFIG_FILE_SIZE,
     Limits,
     MessageId,

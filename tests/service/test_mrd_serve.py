@@ -14,7 +14,7 @@ import httpx
 import ismrmrd
 import numpy as np
 
-from models.data.simulate import simulate_to_file
+from mrdserve.models.data.simulate import simulate_to_file
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -33,8 +33,8 @@ def test_serve_streams_and_stops_cleanly(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MRDSERVE_")}
     log = tmp_path / "serve.log"
     with open(log, "wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--host", HOST, "--port", str(port),
-                                    "--mrd-port", str(mrd_port), "--device", "cpu", "--spool-dir",
+        process = subprocess.Popen([sys.executable, "-m", "mrdserve.service.cli", "serve", "--host", HOST,
+                                    "--port", str(port), "--mrd-port", str(mrd_port), "--device", "cpu", "--spool-dir",
                                     str(tmp_path / "spool")], cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env)
     try:
         # stream at once: a session that arrives while the engine warms up waits for it
@@ -46,7 +46,7 @@ def test_serve_streams_and_stops_cleanly(tmp_path):
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.1)
         out = tmp_path / "images.h5"
-        streamed = subprocess.run([sys.executable, "-m", "service.cli", "stream", str(scan), "-o", str(out),
+        streamed = subprocess.run([sys.executable, "-m", "mrdserve.service.cli", "stream", str(scan), "-o", str(out),
                                    "--port", str(mrd_port), "--config", "default.xml"], cwd=ROOT, env=env,
                                   capture_output=True, text=True, timeout=120)
         assert streamed.returncode == 0, streamed.stdout + streamed.stderr

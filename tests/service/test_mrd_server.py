@@ -25,14 +25,14 @@ import pytest
 from fastapi.testclient import TestClient
 from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolDeserializer, ProtocolSerializer
 
-from models.data.ismrmrd_io import read_acquisitions
-from models.data.simulate import simulate_to_file
-from service.api import create_app
-from service.config import ServiceConfig
-from service.engine.engine import Engine
-from service.metrics import ServiceMetrics
-from service.mrd.client import slice_key, stream_acquisitions, stream_file
-from service.mrd.protocol import (
+from mrdserve.models.data.ismrmrd_io import read_acquisitions
+from mrdserve.models.data.simulate import simulate_to_file
+from mrdserve.service.api import create_app
+from mrdserve.service.config import ServiceConfig
+from mrdserve.service.engine.engine import Engine
+from mrdserve.service.metrics import ServiceMetrics
+from mrdserve.service.mrd.client import slice_key, stream_acquisitions, stream_file
+from mrdserve.service.mrd.protocol import (
     Message,
     MessageId,
     StreamEndedError,
@@ -42,7 +42,7 @@ from service.mrd.protocol import (
     encode_text,
     read_message_blocking,
 )
-from service.mrd.server import MrdServer
+from mrdserve.service.mrd.server import MrdServer
 
 HOST = "127.0.0.1"
 SHEPP_LOGAN = shutil.which("ismrmrd_generate_cartesian_shepp_logan")
@@ -311,7 +311,7 @@ def test_a_slice_that_fails_ends_only_its_stream(server, inputs):
 
 
 def test_a_reconstruction_crash_ends_only_its_stream(server, inputs, monkeypatch):
-    from service.engine.batcher import ReconstructionError
+    from mrdserve.service.engine.batcher import ReconstructionError
 
     def crash(sample, reason, method="auto"):
         raise ReconstructionError("injected failure")
@@ -430,7 +430,7 @@ def test_fully_sampled_and_two_coil_streams_reconstruct_as_rest_does(server, res
 
 def test_classical_method_by_config_name_or_parameter(server, inputs):
     """``grappa.xml`` (a method name) and ``{"method": ...}`` choose the classical method; a bad one is an ERROR."""
-    from service.mrd.configs import resolve
+    from mrdserve.service.mrd.configs import resolve
 
     assert resolve("GRAPPA.xml", server.engine.artifacts).method == "grappa"
     by_name = stream_file(inputs["cartesian"], HOST, server.port, config="grappa.xml")

@@ -8,8 +8,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from service.outputs.dicom import write_dicom_series
-from service.outputs.nifti import write_nifti
+from mrdserve.service.outputs.dicom import write_dicom_series
+from mrdserve.service.outputs.nifti import write_nifti
 from tests.service.output_samples import classical_results, oblique_slices, simulated
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.data.baseline import CLASSICAL_METHODS, classical_reconstruction
-from models.data.ismrmrd_io import read_ismrmrd
-from models.data.metrics import psnr, ssim
-from models.data.simulate import read_ground_truth, simulate_to_file
-from service.artifacts import BUNDLED_ARTIFACTS, choose, load_artifacts
-from service.cli import main
-from service.offline_recon import OfflineReconstructor
-from service.runners import resolve_device
+from mrdserve.models.data.baseline import CLASSICAL_METHODS, classical_reconstruction
+from mrdserve.models.data.ismrmrd_io import read_ismrmrd
+from mrdserve.models.data.metrics import psnr, ssim
+from mrdserve.models.data.simulate import read_ground_truth, simulate_to_file
+from mrdserve.service.artifacts import BUNDLED_ARTIFACTS, choose, load_artifacts
+from mrdserve.service.cli import main
+from mrdserve.service.offline_recon import OfflineReconstructor
+from mrdserve.service.runners import resolve_device
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import pydicom
 import pytest
 from PIL import Image
 
-from models.data.simulate import simulate_to_file
-from service.cli import main
-from service.outputs.package import package_results
+from mrdserve.models.data.simulate import simulate_to_file
+from mrdserve.service.cli import main
+from mrdserve.service.outputs.package import package_results
 from tests.service.output_samples import classical_results, simulated
 
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from service.spool import FAILED, MAX_ATTEMPTS, QUEUED, RUNNING, SUCCEEDED, JobSpool, SpoolFullError
+from mrdserve.service.spool import FAILED, MAX_ATTEMPTS, QUEUED, RUNNING, SUCCEEDED, JobSpool, SpoolFullError
 
 
 def _upload(spool: JobSpool, payload: bytes = b"\x89HDF data") -> object:
@@ -38,7 +38,7 @@ def test_one_process_owns_a_spool(tmp_path):
 
     owner = JobSpool(tmp_path, max_bytes=10_000, ttl_s=60)
     owner.acquire()
-    script = ("import sys; from pathlib import Path; from service.spool import JobSpool, SpoolInUseError\n"
+    script = ("import sys; from pathlib import Path; from mrdserve.service.spool import JobSpool, SpoolInUseError\n"
               "try:\n    JobSpool(Path(sys.argv[1]), 10, 1).acquire()\nexcept SpoolInUseError as e:\n"
               "    print(e); sys.exit(3)\n")
     other = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.training import checkpoint as ckpt
-from models.training.config import config_from_dict, config_to_dict
+from mrdserve.models.training import checkpoint as ckpt
+from mrdserve.models.training.config import config_from_dict, config_to_dict
 
 
 def _checkpoint(step: int) -> dict:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from models.training.config import TrainConfig, config_from_dict, config_to_dict, load_config
+from mrdserve.models.training.config import TrainConfig, config_from_dict, config_to_dict, load_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "models" / "training" / "configs"
 BASE = {"name": "t", "task": "cartesian2d-multicoil"}

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from models.data.prepare import output_to_image
-from models.data.simulate import GROUND_TRUTH_GROUP, simulate_to_file
-from models.physics.masks import EquispacedFractionMask, RandomMask
-from models.training.datasets import (
+from mrdserve.models.data.prepare import output_to_image
+from mrdserve.models.data.simulate import GROUND_TRUTH_GROUP, simulate_to_file
+from mrdserve.models.physics.masks import EquispacedFractionMask, RandomMask
+from mrdserve.models.training.datasets import (
     FastMRIDataset,
     IsmrmrdDataset,
     SyntheticDataset,
@@ -146,8 +146,8 @@ def test_ismrmrd_directory_with_simulated_and_plain_files(tmp_path: Path) -> Non
 def test_varied_synthetic_data_go_through_the_ismrmrd_path():
     """Per-example draws of matrix, coils, mask and noise; the sample is what the serving reader gives
     (prewhitened, oversampling removed) and the target is in the same units (fully sampled RSS matches it)."""
-    from models.physics.classical import rss
-    from models.physics.fft import ifftnc
+    from mrdserve.models.physics.classical import rss
+    from mrdserve.models.physics.fft import ifftnc
 
     varied = SyntheticDataset("cartesian2d-multicoil", 6, matrix=[32, 48, 64], coils=[2, 4],
                               acceleration=[2.0, 4.0], mask_type=["equispaced_fraction", "random"],

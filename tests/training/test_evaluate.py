@@ -8,9 +8,9 @@ import csv
 import numpy as np
 from PIL import Image
 
-from models.data.simulate import simulate_to_file
-from models.training.cli import add_evaluate_arguments, add_train_arguments, run_evaluate, run_train
-from models.training.evaluate import format_table, image_metrics, metrics_table
+from mrdserve.models.data.simulate import simulate_to_file
+from mrdserve.models.training.cli import add_evaluate_arguments, add_train_arguments, run_evaluate, run_train
+from mrdserve.models.training.evaluate import format_table, image_metrics, metrics_table
 from tests.training.test_loop import tiny_config
 
 

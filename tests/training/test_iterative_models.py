@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.training.config import config_from_dict
-from models.training.loop import PerStepOutputs, model_stats, train, training_loss
+from mrdserve.models.training.config import config_from_dict
+from mrdserve.models.training.loop import PerStepOutputs, model_stats, train, training_loss
 
 KWARGS = {
     "rim": {"n_steps": 2, "hidden": 8},
@@ -64,7 +64,7 @@ def test_loss_of_per_step_outputs_is_their_mean():
 
 
 def test_rim_is_trained_through_its_per_step_outputs():
-    from models.nets.rim import RIM
+    from mrdserve.models.nets.rim import RIM
 
     model = RIM(n_steps=3, hidden=4)
     g = torch.Generator().manual_seed(0)

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.nets.registry import build_network
-from models.training.checkpoint import load_checkpoint
-from models.training.config import config_from_dict
-from models.training.loop import StepSampler, enable_gradient_checkpointing, train
+from mrdserve.models.nets.registry import build_network
+from mrdserve.models.training.checkpoint import load_checkpoint
+from mrdserve.models.training.config import config_from_dict
+from mrdserve.models.training.loop import StepSampler, enable_gradient_checkpointing, train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,8 +90,8 @@ def test_loss_decreases_and_validation_compares_with_baselines(tmp_path):
 
 KILLED_RUN = """
 import sys
-from models.training.config import config_from_dict
-from models.training.loop import train
+from mrdserve.models.training.config import config_from_dict
+from mrdserve.models.training.loop import train
 sys.path.insert(0, {tests!r})
 from test_loop import tiny_config
 train(config_from_dict(tiny_config({out!r}, steps=1000, batch_size=1, checkpoint_every=2)))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from models.training.losses import (
+from mrdserve.models.training.losses import (
     LOSSES,
     MS_SSIM_WEIGHTS,
     compound_loss,
