@@ -26,7 +26,7 @@ Rules:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ismrmrd
@@ -306,8 +306,8 @@ class AcquisitionAssembler:
             if whitening.shape[0] != sample.n_coils:
                 raise ValueError(f"noise scans have {whitening.shape[0]} coils but slice {key[0]} data has "
                                  f"{sample.n_coils}")
-            sample.kspace = prewhiten(sample.kspace, whitening.to(torch.complex64), coil_dim=0)
-            sample.prewhitened = True
+            sample = replace(sample, kspace=prewhiten(sample.kspace, whitening.to(torch.complex64), coil_dim=0),
+                             prewhitened=True)
         self.n_emitted += 1
         return [sample]
 
@@ -333,12 +333,9 @@ class AcquisitionAssembler:
             calibration[partition, row] = (partition, row) in image.calibration
         kspace = remove_readout_oversampling(torch.from_numpy(grid),
                                               self.info.readout_length_after_oversampling)
-        recon_x, recon_y, recon_z = self.info.recon_matrix
         if encoded_z == 1:
             kspace, lines, calibration = kspace[:, 0], lines[0], calibration[0]
-            recon_matrix: tuple[int, ...] = (recon_y, recon_x)
-        else:
-            recon_matrix = (recon_z, recon_y, recon_x)
+        recon_matrix = self.info.recon_matrix.image_shape(three_d=encoded_z > 1)
         return KSpaceSample(
             kspace=kspace.contiguous(),
             matrix=tuple(int(n) for n in kspace.shape[1:]),
@@ -350,9 +347,8 @@ class AcquisitionAssembler:
         )
 
     def _noncartesian_sample(self, image: _OpenImage) -> KSpaceSample:
-        recon_x, recon_y, recon_z = self.info.recon_matrix
         n_dims = 3 if self.info.is_3d else 2
-        matrix = (recon_z, recon_y, recon_x) if n_dims == 3 else (recon_y, recon_x)
+        matrix = self.info.recon_matrix.image_shape(three_d=self.info.is_3d)
         stored = np.concatenate(image.trajectories, axis=0)  # [K, D], columns kx, ky[, kz]
         if stored.shape[1] < n_dims:
             raise ValueError(f"{n_dims}D encoding needs {n_dims} trajectory dimensions, acquisitions carry "

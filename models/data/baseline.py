@@ -159,25 +159,28 @@ def _cartesian(sample: KSpaceSample, method: str, device: torch.device, n_iter: 
 
 
 def _noncartesian(sample: KSpaceSample, method: str, device: torch.device, n_iter: int) -> torch.Tensor:
+    if sample.trajectory is None:
+        raise ValueError(f"{method}: a non-Cartesian reconstruction needs the sample's trajectory")
     trajectory = sample.trajectory.to(device)
     if sample.density is None:
         density = pipe_menon_density(trajectory, sample.matrix, device=device)
     else:  # the acquisition's own weights (e.g. ISMRMRD's third trajectory column) come in any scale
         density = normalise_density(sample.density.to(device), trajectory, sample.matrix)
+    density = density.to(device)  # the weights both operators below hold
     data = sample.kspace.to(device).unsqueeze(0)
-    coil_op = NufftOp(trajectory, sample.matrix, density=density.to(device))
+    coil_op = NufftOp(trajectory, sample.matrix, density=density)
     if method == "adjoint":
-        return rss(coil_op.adjoint_coils(data * coil_op.density), dim=1)[0]
+        return rss(coil_op.adjoint_coils(data * density), dim=1)[0]
     smaps = None if sample.n_coils == 1 else sensitivities_noncartesian(data, coil_op)
-    op = NufftOp(trajectory, sample.matrix, smaps=smaps, density=coil_op.density)
-    rhs = op.adjoint(data, weighted=True)
+    op = NufftOp(trajectory, sample.matrix, smaps=smaps, density=density)
+    rhs = op.weighted_adjoint(data)
 
     def normal(x: torch.Tensor) -> torch.Tensor:
-        return op.normal(x, weighted=True)
+        return op.weighted_normal(x)
 
     noise = 1.0 if sample.prewhitened else samples_noise_variance(data[0], trajectory)
     # Weighted least squares: the residual's noise is scaled by the density weights, on average by their median.
-    return _solve(method, normal, rhs, noise * float(coil_op.density.median()), n_iter)
+    return _solve(method, normal, rhs, noise * float(density.median()), n_iter)
 
 
 def classical_reconstruction(sample: KSpaceSample, method: str = "auto", device: str | torch.device = "cpu",

@@ -20,6 +20,7 @@ import ismrmrd
 from ismrmrd import xsd
 
 from mrdserve.models.data.input_errors import InputError
+from mrdserve.models.data.spatial import SpatialDimension
 
 TRAJECTORY_UNITS_PARAMETER = "trajectory_units"
 _LIMIT_NAMES = ("kspace_encoding_step_1", "kspace_encoding_step_2", "average", "slice", "contrast",
@@ -28,12 +29,12 @@ _LIMIT_NAMES = ("kspace_encoding_step_1", "kspace_encoding_step_2", "average", "
 
 @dataclass(frozen=True)
 class EncodingInfo:
-    """What the assembler needs from one header encoding; matrices/FOVs in (x, y, z) order."""
+    """What the assembler needs from one header encoding; matrices/FOVs named (x, y, z) as in the header."""
 
-    encoded_matrix: tuple[int, int, int]
-    recon_matrix: tuple[int, int, int]
-    encoded_fov: tuple[float, float, float]
-    recon_fov: tuple[float, float, float]
+    encoded_matrix: SpatialDimension[int]
+    recon_matrix: SpatialDimension[int]
+    encoded_fov: SpatialDimension[float]
+    recon_fov: SpatialDimension[float]
     trajectory: str
     e1_limits: tuple[int, int, int] | None  # (minimum, maximum, center)
     e2_limits: tuple[int, int, int] | None
@@ -43,12 +44,12 @@ class EncodingInfo:
 
     @property
     def is_3d(self) -> bool:
-        return self.encoded_matrix[2] > 1
+        return self.encoded_matrix.z > 1
 
     @property
     def readout_length_after_oversampling(self) -> int:
         """Readout samples once the encoded/recon FOV ratio (readout oversampling) is removed."""
-        encoded_x, recon_fov_x, encoded_fov_x = self.encoded_matrix[0], self.recon_fov[0], self.encoded_fov[0]
+        encoded_x, recon_fov_x, encoded_fov_x = self.encoded_matrix.x, self.recon_fov.x, self.encoded_fov.x
         if recon_fov_x <= 0 or encoded_fov_x <= recon_fov_x * (1 + 1e-6):
             return encoded_x
         return max(1, round(encoded_x * recon_fov_x / encoded_fov_x))
@@ -152,10 +153,10 @@ def _encoding_info(enc: Any, system: Any) -> EncodingInfo:
         acceleration = (int(factor.kspace_encoding_step_1), int(factor.kspace_encoding_step_2))
     channels = getattr(system, "receiverChannels", None) if system is not None else None
     return EncodingInfo(
-        encoded_matrix=(int(enc_m.x), int(enc_m.y), int(enc_m.z or 1)),
-        recon_matrix=(int(rec_m.x), int(rec_m.y), int(rec_m.z or 1)),
-        encoded_fov=(float(enc_f.x), float(enc_f.y), float(enc_f.z)),
-        recon_fov=(float(rec_f.x), float(rec_f.y), float(rec_f.z)),
+        encoded_matrix=SpatialDimension(int(enc_m.x), int(enc_m.y), int(enc_m.z or 1)),
+        recon_matrix=SpatialDimension(int(rec_m.x), int(rec_m.y), int(rec_m.z or 1)),
+        encoded_fov=SpatialDimension(float(enc_f.x), float(enc_f.y), float(enc_f.z)),
+        recon_fov=SpatialDimension(float(rec_f.x), float(rec_f.y), float(rec_f.z)),
         trajectory=enc.trajectory.value if hasattr(enc.trajectory, "value") else str(enc.trajectory),
         e1_limits=_limit(enc.encodingLimits, "kspace_encoding_step_1"),
         e2_limits=_limit(enc.encodingLimits, "kspace_encoding_step_2"),

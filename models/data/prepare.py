@@ -28,13 +28,12 @@ from typing import Any
 import torch
 
 from mrdserve.models.data.baseline import MIN_CALIBRATION_LINES, calibration_lines, center_crop
+from mrdserve.models.data.manifest_schema import TASKS
 from mrdserve.models.data.sample import KSpaceSample
 from mrdserve.models.physics.density import normalise_density, pipe_menon_density
+from mrdserve.models.physics.nufft_cache import trajectory_hash
 from mrdserve.models.physics.prepare_cartesian import prepare_cartesian
 from mrdserve.models.physics.prepare_noncartesian import prepare_noncartesian, to_network_inputs
-
-TASKS = ("cartesian2d-multicoil", "cartesian2d-singlecoil", "noncartesian2d-multicoil",
-         "noncartesian2d-singlecoil", "noncartesian3d")
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class Preparation:
         return resolved
 
 
-PREPARATIONS: dict[str, Preparation] = {
+PREPARATION_SPECS: dict[str, Preparation] = {  # keyed by manifest_schema.PREPARATIONS (tests/data/test_prepare.py)
     "cartesian-sense": Preparation(
         name="cartesian-sense", tasks=("cartesian2d-multicoil", "cartesian2d-singlecoil"),
         choices={"sensitivities": ("espirit", "acs"), "with_smaps": (True, False)},
@@ -104,9 +103,9 @@ def task_of(sample: KSpaceSample) -> str:
 def prepare_sample(sample: KSpaceSample, preparation: str, params: dict[str, Any] | None = None,
                    device: torch.device | str = "cpu") -> PreparedSample:
     """Prepare ``sample`` with the named preparation (see the module docstring) on ``device``."""
-    if preparation not in PREPARATIONS:
-        raise ValueError(f"unknown preparation {preparation!r}; known: {', '.join(PREPARATIONS)}")
-    spec = PREPARATIONS[preparation]
+    if preparation not in PREPARATION_SPECS:
+        raise ValueError(f"unknown preparation {preparation!r}; known: {', '.join(PREPARATION_SPECS)}")
+    spec = PREPARATION_SPECS[preparation]
     resolved = spec.resolve(params)
     task = task_of(sample)
     if task not in spec.tasks:
@@ -147,15 +146,17 @@ def _noncartesian_toeplitz(sample: KSpaceSample, params: dict[str, Any],
     if sample.trajectory is None:
         raise ValueError("noncartesian-toeplitz needs a trajectory; this sample is Cartesian")
     trajectory = sample.trajectory.to(device=device, dtype=torch.float32)
+    # the trajectory is hashed once per sample; a float32 copy of another dtype has bytes (and a key) of its own
+    key = sample.trajectory_key if sample.trajectory.dtype == torch.float32 else trajectory_hash(trajectory)
     if params["density"] == "given":
         if sample.density is None:
             raise ValueError("preparation parameter density='given' but the sample carries no density weights")
-        density = normalise_density(sample.density.to(device), trajectory, sample.matrix)
+        density = normalise_density(sample.density.to(device), trajectory, sample.matrix, trajectory_key=key)
     else:
-        density = pipe_menon_density(trajectory, sample.matrix, device=device)
+        density = pipe_menon_density(trajectory, sample.matrix, device=device, trajectory_key=key)
     smaps = params["sensitivities"] if sample.n_coils > 1 else None
     prepared = prepare_noncartesian(sample.kspace.to(device), trajectory, sample.matrix, density=density,
-                                    smaps=smaps)
+                                    smaps=smaps, trajectory_key=key)
     tensors = to_network_inputs(prepared, kernel_per_sample=True)
     names = ("adjoint", "kernel", "smaps")
     return {name: t.to(torch.float32) for name, t in zip(names, tensors, strict=False)}, prepared.scale

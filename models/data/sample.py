@@ -7,10 +7,12 @@ images, DICOM) can be placed in patient space.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+
+from mrdserve.models.physics.nufft_cache import trajectory_hash
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class SampleIndex:
     phase: int = 0  # cardiac/respiratory phase (ISMRMRD idx.phase); separate images, never averaged
 
 
-@dataclass
+@dataclass(frozen=True)
 class KSpaceSample:
     """k-space of one image (2D slice or 3D volume), coil-resolved, with what is needed to reconstruct it.
 
@@ -47,6 +49,12 @@ class KSpaceSample:
 
     ``matrix`` is the grid the data is reconstructed on (after readout-oversampling removal); ``recon_matrix``
     is the header's recon space, which outputs crop to.
+
+    ``trajectory_key`` is the trajectory's cache key (``trajectory_hash``), computed once per sample and reused by
+    the preparation (density weights, NUFFT plans, Toeplitz kernel) and the runtime's cache accounting.
+
+    Frozen: a step that changes a sample (prewhitening, a move to a device) makes a new one
+    (``dataclasses.replace``, ``to``).
     """
 
     kspace: torch.Tensor
@@ -62,6 +70,15 @@ class KSpaceSample:
     acceleration: tuple[int, ...] = (1,)
     prewhitened: bool = False
     reference_head: Any = None  # the ismrmrd.AcquisitionHeader of the slice's first acquisition, if any
+    # (the trajectory hashed, its in-place version counter then, its hash): the memo behind ``trajectory_key``
+    _trajectory_key_memo: tuple[torch.Tensor, int, str] | None = field(default=None, init=False, repr=False,
+                                                                       compare=False)
+
+    def to(self, device: torch.device | str) -> KSpaceSample:
+        """This sample with its tensors on ``device`` (a new sample; this one is unchanged)."""
+        names = ("kspace", "mask", "acs_mask", "trajectory", "density")
+        moved = {name: getattr(self, name).to(device) for name in names if getattr(self, name) is not None}
+        return replace(self, **moved)
 
     @property
     def is_cartesian(self) -> bool:
@@ -74,3 +91,16 @@ class KSpaceSample:
     @property
     def n_spatial(self) -> int:
         return len(self.matrix)
+
+    @property
+    def trajectory_key(self) -> str | None:
+        """``trajectory_hash(trajectory)`` (None for Cartesian data), hashed once and memoised; recomputed only if
+        ``trajectory`` is replaced or modified in place."""
+        trajectory = self.trajectory
+        if trajectory is None:
+            return None
+        memo = self._trajectory_key_memo
+        if memo is None or memo[0] is not trajectory or memo[1] != trajectory._version:
+            memo = (trajectory, trajectory._version, trajectory_hash(trajectory))
+            object.__setattr__(self, "_trajectory_key_memo", memo)  # a cache, not state: allowed when frozen
+        return memo[2]

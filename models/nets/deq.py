@@ -30,7 +30,7 @@ from torch.nn.utils.parametrizations import spectral_norm as spectral_normalise
 
 from mrdserve.models.nets.anderson import anderson
 from mrdserve.models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
-from mrdserve.models.physics.fft import fftnc, ifftnc
+from mrdserve.models.physics.kernels import sense_gradient, sense_reduce
 
 ETA_MAX = 2.0 / 3.0  # largest step for which (1 - eta) I - eta A^H A has norm <= 1 - eta when ||A|| <= 1
 BACKPROP_MODES = ("jfb", "full")
@@ -129,13 +129,13 @@ class DEQ(nn.Module):
                  mask: torch.Tensor) -> torch.Tensor:
         """T on the real channels ``[B, 2, y, x]`` of the image: x - eta (A^H(Ax - y) + x - D(x))."""
         image = channels_to_complex(x)
-        gradient = complex_to_channels(_sense_adjoint(_sense_forward(image, smaps, mask) - measured, smaps, mask))
+        gradient = complex_to_channels(sense_gradient(image, measured, smaps, mask))
         return x - self.step_size() * (gradient + x - self.denoiser(x))
 
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor) -> torch.Tensor:
         measured = real_to_complex(kspace)
         smaps_c = real_to_complex(smaps)
-        x = complex_to_channels(_sense_adjoint(measured, smaps_c, mask))
+        x = complex_to_channels(sense_reduce(measured, smaps_c, mask))
         if self.training:
             x = self._train_forward(x, measured, smaps_c, mask)
         else:
@@ -171,13 +171,3 @@ class DEQ(nn.Module):
         scriptable.denoiser = self.denoiser.without_parametrisation()
         scriptable.last_stats = {}
         return scriptable
-
-
-def _sense_forward(image: torch.Tensor, smaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """A: image ``[B, 1, y, x]`` -> masked coil k-space ``[B, C, ky, kx]``."""
-    return mask * fftnc(smaps * image, 2)
-
-
-def _sense_adjoint(kspace: torch.Tensor, smaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """A^H: coil k-space ``[B, C, ky, kx]`` -> image ``[B, 1, y, x]``."""
-    return (smaps.conj() * ifftnc(mask * kspace, 2)).sum(dim=1, keepdim=True)

@@ -18,7 +18,7 @@ from torch import nn
 
 from mrdserve.models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
 from mrdserve.models.nets.invertible import InvertibleLayer, invertible_sequence, sequence_inverse
-from mrdserve.models.nets.rim import sense_adjoint_image, sense_gradient
+from mrdserve.models.physics.kernels import sense_gradient, sense_reduce
 
 
 class GradientUpdate(nn.Module):
@@ -78,7 +78,7 @@ class IRIM(nn.Module):
 
     def initial_state(self, measured: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor) -> torch.Tensor:
         """``[A^H y (2 channels), zeros]`` ``[B, n_channels, y, x]`` from complex k-space and maps."""
-        image = complex_to_channels(sense_adjoint_image(measured, smaps, mask))
+        image = complex_to_channels(sense_reduce(measured, smaps, mask))
         zeros = torch.zeros_like(image[:, :1]).repeat(1, self.n_channels - 2, 1, 1)
         return torch.cat([image, zeros], dim=1)
 

@@ -24,9 +24,16 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.nn import functional
 
 from mrdserve.models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
+from mrdserve.models.physics.kernels import (
+    combine_coils,
+    combine_coils_channels,
+    expand_coils,
+    expand_coils_channels,
+    toeplitz_product,
+    toeplitz_product_channels,
+)
 
 if TYPE_CHECKING:
     from mrdserve.models.physics.nufft import NufftOp
@@ -88,31 +95,6 @@ class NCPDNet(nn.Module):
         else:
             self.refiner = nn.Identity()
 
-    def _toeplitz(self, re: torch.Tensor, im: torch.Tensor, kernel_re: torch.Tensor,
-                  kernel_im: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Toeplitz product of ``re + i im [..., *S]`` with a kernel broadcastable to ``[..., *2S]``.
-
-        Same maths as ``models.physics.toeplitz.toeplitz_apply``, with complex tensors only around the FFTs:
-        the ONNX exporter handles complex FFTs but not complex slicing, padding or products.
-        """
-        dims: list[int] = []
-        pad: list[int] = []
-        for i in range(self.n_dims):
-            dims.append(re.dim() - self.n_dims + i)
-        for i in range(self.n_dims - 1, -1, -1):
-            size = re.shape[dims[i]]
-            pad.extend([0, kernel_re.shape[kernel_re.dim() - self.n_dims + i] - size])
-        spectrum = torch.fft.fftn(torch.complex(functional.pad(re, pad), functional.pad(im, pad)), dim=dims)
-        product_re = spectrum.real * kernel_re - spectrum.imag * kernel_im
-        product_im = spectrum.real * kernel_im + spectrum.imag * kernel_re
-        result = torch.fft.ifftn(torch.complex(product_re, product_im), dim=dims)
-        out_re = result.real
-        out_im = result.imag
-        for i in range(self.n_dims):
-            out_re = out_re.narrow(dims[i], 0, re.shape[dims[i]])
-            out_im = out_im.narrow(dims[i], 0, re.shape[dims[i]])
-        return out_re, out_im
-
     @torch.jit.unused
     def _tracing_for_export(self) -> bool:
         """True while torch.export / torch.compile / the ONNX exporter traces the network (eager: False)."""
@@ -122,24 +104,16 @@ class NCPDNet(nn.Module):
                         smaps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``_normal`` with complex tensors throughout: the FFT zero-pads (``s=``) and complex products replace
         the real-arithmetic form, about half the full-size memory passes (eager and TorchScript)."""
-        dims: list[int] = []
-        padded: list[int] = []
-        for i in range(self.n_dims):
-            dims.append(re.dim() + 1 - self.n_dims + i if smaps is not None else re.dim() - self.n_dims + i)
-            padded.append(kernel.shape[kernel.dim() - 1 - self.n_dims + i])
         spectrum_kernel = torch.view_as_complex(kernel.contiguous())
         image = torch.complex(re, im)
-        coil_maps = torch.view_as_complex(smaps.contiguous()) if smaps is not None else None
-        if coil_maps is not None:
-            image = coil_maps * image.unsqueeze(1)
-            if kernel.dim() == self.n_dims + 2:  # one kernel per sample: broadcast over coils
-                spectrum_kernel = spectrum_kernel.unsqueeze(1)
-        spectrum = torch.fft.fftn(image, s=padded, dim=dims)
-        result = torch.fft.ifftn(spectrum * spectrum_kernel, dim=dims)
-        for i in range(self.n_dims):
-            result = result.narrow(dims[i], 0, re.shape[re.dim() - self.n_dims + i])
-        if coil_maps is not None:
-            result = (coil_maps.conj() * result).sum(1)
+        if smaps is None:
+            result = toeplitz_product(image, spectrum_kernel, self.n_dims)
+            return result.real, result.imag
+        coil_maps = torch.view_as_complex(smaps.contiguous())
+        if kernel.dim() == self.n_dims + 2:  # one kernel per sample: broadcast over coils
+            spectrum_kernel = spectrum_kernel.unsqueeze(1)
+        coils = toeplitz_product(expand_coils(image.unsqueeze(1), coil_maps), spectrum_kernel, self.n_dims)
+        result = combine_coils(coils, coil_maps).squeeze(1)
         return result.real, result.imag
 
     def _normal(self, re: torch.Tensor, im: torch.Tensor, kernel: torch.Tensor,
@@ -158,17 +132,16 @@ class NCPDNet(nn.Module):
         kernel_re = kernel[..., 0]
         kernel_im = kernel[..., 1]
         if smaps is None:
-            return self._toeplitz(re, im, kernel_re, kernel_im)
+            return toeplitz_product_channels(re, im, kernel_re, kernel_im, self.n_dims)
         if kernel.dim() == self.n_dims + 2:  # one kernel per sample: broadcast over coils
             kernel_re = kernel_re.unsqueeze(1)
             kernel_im = kernel_im.unsqueeze(1)
         s_re = smaps[..., 0]
         s_im = smaps[..., 1]
-        x_re = re.unsqueeze(1)
-        x_im = im.unsqueeze(1)
-        coils_re, coils_im = self._toeplitz(s_re * x_re - s_im * x_im, s_re * x_im + s_im * x_re,
-                                            kernel_re, kernel_im)
-        return (s_re * coils_re + s_im * coils_im).sum(1), (s_re * coils_im - s_im * coils_re).sum(1)
+        coils_re, coils_im = expand_coils_channels(re.unsqueeze(1), im.unsqueeze(1), s_re, s_im)
+        coils_re, coils_im = toeplitz_product_channels(coils_re, coils_im, kernel_re, kernel_im, self.n_dims)
+        combined_re, combined_im = combine_coils_channels(coils_re, coils_im, s_re, s_im)
+        return combined_re[:, 0], combined_im[:, 0]
 
     def _check_inputs(self, adjoint: torch.Tensor, kernel: torch.Tensor, smaps: torch.Tensor | None) -> None:
         if kernel.dim() not in (self.n_dims + 1, self.n_dims + 2) or kernel.shape[-1] != 2:
@@ -195,10 +168,8 @@ class NCPDNet(nn.Module):
         adjoint_im = adjoint[..., 1]
         if smaps is not None:
             smaps = self.refiner(smaps)
-            s_re = smaps[..., 0]
-            s_im = smaps[..., 1]
-            adjoint_re, adjoint_im = ((s_re * adjoint_re + s_im * adjoint_im).sum(1),
-                                      (s_re * adjoint_im - s_im * adjoint_re).sum(1))
+            combined_re, combined_im = combine_coils_channels(adjoint_re, adjoint_im, smaps[..., 0], smaps[..., 1])
+            adjoint_re, adjoint_im = combined_re[:, 0], combined_im[:, 0]
         n = self.n_primal
         buffer = torch.stack([adjoint_re] * n + [adjoint_im] * n, dim=1)
         for image_net in self.image_nets:
@@ -222,12 +193,12 @@ class NCPDNet(nn.Module):
         if self.refine_sensitivities:
             refined = real_to_complex(self.refiner(torch.view_as_real(op.smaps)))
             op = NufftOp(op.trajectory, op.image_shape, smaps=refined, density=op.density,
-                         backend=op.backend, eps=op.eps)
-        adjoint = op.adjoint(data, weighted=True)
+                         backend=op.backend, eps=op.eps, trajectory_key=op.trajectory_key)
+        adjoint = op.weighted_adjoint(data)
         n = self.n_primal
         buffer = complex_to_channels(torch.stack([adjoint] * n, dim=1))
         for image_net in self.image_nets:
-            gradient = op.adjoint(op.forward(torch.complex(buffer[:, 0], buffer[:, n])) - data, weighted=True)
+            gradient = op.weighted_adjoint(op.forward(torch.complex(buffer[:, 0], buffer[:, n])) - data)
             buffer = image_net(buffer, gradient.real, gradient.imag)
         return magnitude(channels_to_complex(buffer)[:, 0])
 

@@ -15,19 +15,7 @@ from torch import nn
 from torch.nn import functional
 
 from mrdserve.models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
-from mrdserve.models.physics.fft import fftnc, ifftnc
-
-
-def sense_adjoint_image(kspace: torch.Tensor, smaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``A^H`` keeping a coil dim of size 1: complex ``[B, C, ky, kx]`` -> ``[B, 1, y, x]``."""
-    return (smaps.conj() * ifftnc(mask * kspace, 2)).sum(dim=1, keepdim=True)
-
-
-def sense_gradient(image: torch.Tensor, measured: torch.Tensor, smaps: torch.Tensor,
-                   mask: torch.Tensor) -> torch.Tensor:
-    """Gradient ``A^H(A x - y)`` of the data term at the complex image ``[B, 1, y, x]`` (same shape out)."""
-    residual = mask * fftnc(smaps * image, 2) - measured
-    return sense_adjoint_image(residual, smaps, mask)
+from mrdserve.models.physics.kernels import sense_gradient, sense_reduce
 
 
 class ConvGRUCell(nn.Module):
@@ -87,7 +75,7 @@ class RIM(nn.Module):
     def forward_steps(self, kspace: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor) -> list[torch.Tensor]:
         measured = real_to_complex(kspace)
         smaps_c = real_to_complex(smaps)
-        eta = sense_adjoint_image(measured, smaps_c, mask)  # [B, 1, y, x] complex
+        eta = sense_reduce(measured, smaps_c, mask)  # [B, 1, y, x] complex
         zeros = torch.zeros_like(mask[:, :1]).repeat(1, self.hidden, 1, 1)
         state1, state2 = zeros, zeros
         outputs: list[torch.Tensor] = []

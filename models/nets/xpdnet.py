@@ -17,7 +17,7 @@ from torch import nn
 from mrdserve.models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
 from mrdserve.models.nets.mwcnn import MWCNN
 from mrdserve.models.nets.sensitivity_refiner import SensitivityRefiner
-from mrdserve.models.physics.fft import fftnc, ifftnc
+from mrdserve.models.physics.kernels import sense_gradient, sense_reduce
 
 ImageNetFactory = Callable[[int, int], nn.Module]
 
@@ -59,21 +59,10 @@ class XPDNet(nn.Module):
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor) -> torch.Tensor:
         measured = real_to_complex(kspace)  # [B, C, ky, kx]
         smaps_c = real_to_complex(self.refiner(smaps))
-        image = _sense_adjoint(measured, smaps_c, mask)  # [B, 1, y, x]
+        image = sense_reduce(measured, smaps_c, mask)  # [B, 1, y, x]: the coil axis kept (export-safe)
         buffer = torch.cat([image] * self.n_primal, dim=1)  # [B, n_primal, y, x]
         for image_net in self.image_nets:
-            residual = _sense_forward(buffer[:, :1], smaps_c, mask) - measured
-            gradient = _sense_adjoint(residual, smaps_c, mask)
+            gradient = sense_gradient(buffer[:, :1], measured, smaps_c, mask)
             features = complex_to_channels(torch.cat([buffer, gradient], dim=1))
             buffer = buffer + channels_to_complex(image_net(features))
         return magnitude(buffer[:, :1]).squeeze(1)
-
-
-def _sense_forward(image: torch.Tensor, smaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``sense_forward`` on an image ``[B, 1, y, x]``: the ONNX exporter has no complex unsqueeze/select."""
-    return mask * fftnc(smaps * image, 2)
-
-
-def _sense_adjoint(kspace: torch.Tensor, smaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``sense_adjoint`` keeping the coil dimension (size 1): ``[B, C, ky, kx]`` -> ``[B, 1, y, x]``."""
-    return (smaps.conj() * ifftnc(mask * kspace, 2)).sum(dim=1, keepdim=True)

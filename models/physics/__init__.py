@@ -1,5 +1,6 @@
-"""Operators and their preparation: centred FFTs, SENSE, NUFFT, Toeplitz, density compensation, coil
-sensitivities, noise prewhitening, masks, trajectories and the classical reconstructions."""
+"""Operators and their preparation: the linear-operator protocol, centred FFTs, the export-safe kernels, SENSE,
+NUFFT, Toeplitz, density compensation, coil sensitivities, noise prewhitening, masks, trajectories and the
+classical reconstructions."""
 
 # The public modules (imported on use, never here: importing the package stays cheap).
 __all__ = [
@@ -8,11 +9,16 @@ __all__ = [
     "compressed_sensing",
     "density",
     "espirit",
+    "external_linear_map",
     "fft",
     "grappa",
+    "kernels",
+    "linop",
     "masks",
     "noise_level",
     "nufft",
+    "nufft_backends",
+    "nufft_cache",
     "prepare_cartesian",
     "prepare_noncartesian",
     "prewhiten",

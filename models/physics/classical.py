@@ -70,9 +70,8 @@ def noncartesian_adjoint(data: torch.Tensor, op: NufftOp) -> torch.Tensor:
     Without maps the result is the RSS of the coil images (real values in a complex tensor).
     """
     if op.smaps is not None or data.shape[1] == 1:
-        return op.adjoint(data, weighted=True)
-    if op.density is not None:
-        data = data * op.density.to(device=data.device, dtype=data.real.dtype)
+        return op.weighted_adjoint(data)
+    data = op.weighting.forward(data)
     return rss(op.adjoint_coils(data), dim=1).to(data.dtype)
 
 
@@ -86,5 +85,5 @@ def noncartesian_cg_sense(data: torch.Tensor, op: NufftOp, n_iter: int = 10, l2:
         raise ValueError(
             f"op.smaps is None but data has {data.shape[1]} coils: CG-SENSE needs coil sensitivities "
             "(estimate them with models.physics.sensitivities.sensitivities_noncartesian)")
-    rhs = op.adjoint(data, weighted=True)
-    return conjugate_gradient(lambda x: op.normal(x, weighted=True), rhs, n_iter=n_iter, tol=tol, l2=l2)
+    rhs = op.weighted_adjoint(data)
+    return conjugate_gradient(op.weighted_normal, rhs, n_iter=n_iter, tol=tol, l2=l2)

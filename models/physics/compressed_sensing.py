@@ -44,9 +44,8 @@ def wavelet_shrink(image: torch.Tensor, threshold: float, wavelet: str = DEFAULT
     shape = tuple(image.shape[-2:])
     channels = torch.view_as_real(image).movedim(-1, 1)  # [B, 2, y, x]
     coefficients = ptwt.wavedec2(channels, wave, level=_levels(shape, wave), mode="zero")
-    shrunk = [coefficients[0]] + [type(band)(*(_soft_threshold(c, threshold) for c in band))
-                                  for band in coefficients[1:]]
-    restored = ptwt.waverec2(tuple(shrunk), wave)[..., : shape[0], : shape[1]]
+    details = [type(band)(*(_soft_threshold(c, threshold) for c in band)) for band in coefficients[1:]]
+    restored = ptwt.waverec2((coefficients[0], *details), wave)[..., : shape[0], : shape[1]]
     return torch.view_as_complex(restored.movedim(1, -1).contiguous())
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from types import EllipsisType
 
 import torch
 
@@ -43,7 +44,8 @@ def calibration_region(kspace: torch.Tensor, acs_mask: torch.Tensor, n_spatial: 
         width = min(hi - lo, calib_size)
         start = max(lo, min(centre - width // 2, hi - width))
         slices.append(slice(start, start + width))
-    region = kspace[(..., *slices)]
+    region_index: tuple[EllipsisType | slice, ...] = (..., *slices)
+    region = kspace[region_index]
     inside = full[tuple(slices)]
     if not bool(inside.all()):
         raise ValueError("the ACS block is not a fully sampled rectangle around the k-space centre")
@@ -100,7 +102,7 @@ def _image_space_operator(basis: torch.Tensor, n_coils: int, kernel_size: int,
                                   device=projector.device)
     # autocorrelation[c, c', d] = sum over r - r' = d of P[(c, r), (c', r')]
     for shift in itertools.product(range(k), repeat=n_spatial):
-        index = (slice(None), *[slice(None)] * n_spatial, slice(None), *shift)
+        index: tuple[slice | int, ...] = (slice(None), *[slice(None)] * n_spatial, slice(None), *shift)
         block = projector[index]  # [C, *r, C]
         block = block.movedim(-1, 1)  # [C, C, *r]
         target = (slice(None), slice(None), *[slice(k - 1 - s, 2 * k - 1 - s) for s in shift])

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 SeedLike = int | np.random.Generator | None
+# Inside CartesianMask the method ``torch`` shadows the module, so its methods are annotated with these names.
+DeviceLike = torch.device | str
 
 
 @dataclass(frozen=True)
@@ -39,15 +42,15 @@ class CartesianMask:
         """Total lines over sampled lines (ACS included)."""
         return self.num_lines / float(self.mask.sum())
 
-    def torch(self, device: torch.device | str = "cpu") -> torch.Tensor:
+    def torch(self, device: DeviceLike = "cpu") -> Tensor:
         """The mask as a bool tensor of shape (n,)."""
         return torch.from_numpy(self.mask.copy()).to(device)
 
-    def kspace_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
+    def kspace_mask(self, device: DeviceLike = "cpu") -> Tensor:
         """The mask as a bool ``[ky, 1]`` tensor that broadcasts against k-space."""
         return as_kspace_mask(self.mask, device)
 
-    def acs_kspace_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
+    def acs_kspace_mask(self, device: DeviceLike = "cpu") -> Tensor:
         """The ACS lines as a bool ``[ky, 1]`` tensor (the ``acs_mask`` of sensitivity estimation)."""
         return as_kspace_mask(self.acs, device)
 

@@ -153,7 +153,8 @@ def _sensitivities(kspace: torch.Tensor, mask: torch.Tensor, acs_mask: torch.Ten
     if acs_mask is None:
         acs = acs_from_mask(mask)
     else:
-        acs = _batch_mask(acs_mask, "acs_mask", n_batch, *kspace.shape[-2:], device)
+        n_ky, n_kx = kspace.shape[-2:]
+        acs = _batch_mask(acs_mask, "acs_mask", n_batch, n_ky, n_kx, device)
         if not bool(acs.any()):
             raise ValueError("acs_mask selects no k-space sample")
     if method == "espirit":

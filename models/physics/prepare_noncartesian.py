@@ -19,6 +19,7 @@ import torch
 
 from mrdserve.models.physics.density import pipe_menon_density
 from mrdserve.models.physics.nufft import NufftOp
+from mrdserve.models.physics.nufft_cache import trajectory_hash
 from mrdserve.models.physics.sensitivities import sensitivities_noncartesian
 
 
@@ -73,8 +74,8 @@ def _batched(data: torch.Tensor) -> torch.Tensor:
 
 
 def _sensitivities(smaps: torch.Tensor | str | None, data: torch.Tensor, trajectory: torch.Tensor,
-                   shape: tuple[int, ...], density: torch.Tensor, backend: str,
-                   eps: float) -> torch.Tensor | None:
+                   shape: tuple[int, ...], density: torch.Tensor, backend: str, eps: float,
+                   trajectory_key: str) -> torch.Tensor | None:
     batch, n_coils = data.shape[:2]
     if smaps is None:
         if n_coils != 1:
@@ -83,7 +84,7 @@ def _sensitivities(smaps: torch.Tensor | str | None, data: torch.Tensor, traject
     if isinstance(smaps, str):
         if smaps != "estimate":
             raise ValueError(f"smaps must be a tensor, 'estimate' or None, got {smaps!r}")
-        op = NufftOp(trajectory, shape, density=density, backend=backend, eps=eps)
+        op = NufftOp(trajectory, shape, density=density, backend=backend, eps=eps, trajectory_key=trajectory_key)
         return sensitivities_noncartesian(data, op)
     if not isinstance(smaps, torch.Tensor) or not torch.is_complex(smaps):
         raise TypeError(f"smaps must be a complex tensor, got {getattr(smaps, 'dtype', type(smaps))}")
@@ -98,12 +99,14 @@ def _sensitivities(smaps: torch.Tensor | str | None, data: torch.Tensor, traject
 
 def prepare_noncartesian(data: torch.Tensor, trajectory: torch.Tensor, image_shape: tuple[int, ...],
                          density: torch.Tensor | None = None, smaps: torch.Tensor | str | None = None,
-                         scale_quantile: float = 0.99, backend: str = "auto",
-                         eps: float = 1e-6) -> NonCartesianInputs:
+                         scale_quantile: float = 0.99, backend: str = "auto", eps: float = 1e-6,
+                         trajectory_key: str | None = None) -> NonCartesianInputs:
     """Prepare samples ``[C, K]`` or ``[B, C, K]`` on ``trajectory (d, K)`` for a ``image_shape`` network.
 
     ``density`` defaults to ``pipe_menon_density``; ``smaps`` is None (single coil, C == 1), a complex tensor
     ``[C, *S]`` / ``[B, C, *S]``, or "estimate" (``sensitivities_noncartesian`` from the k-space centre).
+    ``trajectory_key``: ``trajectory_hash(trajectory)`` when the caller has it (e.g. ``KSpaceSample.trajectory_key``);
+    otherwise it is computed here, once, for the density, the operators and the Toeplitz kernel.
     """
     data = _batched(data).to(torch.complex64)
     if not isinstance(trajectory, torch.Tensor) or trajectory.is_complex() or trajectory.dim() != 2:
@@ -116,15 +119,17 @@ def prepare_noncartesian(data: torch.Tensor, trajectory: torch.Tensor, image_sha
     if not 0.0 < scale_quantile <= 1.0:
         raise ValueError(f"scale_quantile must lie in (0, 1], got {scale_quantile}")
     trajectory = trajectory.to(data.device)
+    trajectory_key = trajectory_key or trajectory_hash(trajectory)
     if density is None:
-        density = pipe_menon_density(trajectory, shape, device=data.device)
+        density = pipe_menon_density(trajectory, shape, device=data.device, trajectory_key=trajectory_key)
     elif not isinstance(density, torch.Tensor) or density.is_complex() or density.shape != (trajectory.shape[1],):
         raise ValueError(f"density must be a real ({trajectory.shape[1]},) tensor, "
                          f"got {getattr(density, 'dtype', type(density))} {tuple(getattr(density, 'shape', ()))}")
     density = density.to(device=data.device, dtype=torch.float32)
-    sens = _sensitivities(smaps, data, trajectory, shape, density, backend, eps)
-    op = NufftOp(trajectory, shape, smaps=sens, density=density, backend=backend, eps=eps)
-    coil_adjoints = op.adjoint_coils(data * density)
+    sens = _sensitivities(smaps, data, trajectory, shape, density, backend, eps, trajectory_key)
+    op = NufftOp(trajectory, shape, smaps=sens, density=density, backend=backend, eps=eps,
+                 trajectory_key=trajectory_key)
+    coil_adjoints = op.adjoint_coils(op.weighting.forward(data))
     combined = coil_adjoints[:, 0] if sens is None else (sens.conj() * coil_adjoints).sum(1)
     scale = _robust_max(combined, scale_quantile)
     raw_adjoint = combined if sens is None else coil_adjoints

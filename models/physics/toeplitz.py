@@ -4,7 +4,7 @@ For the orthonormal NUFFT of ``models.physics.nufft``, ``(A^H W A x)_n = prod(N)
 with ``psf(m) = sum_k w_k exp(i omega_k . m)``. The kernel is the FFT (torch default scaling) of the PSF on
 ``m in [-N, N)`` per axis stored in FFT order, divided by ``prod(N)``; the ``m = -N`` planes are never used by
 the linear convolution and are set to zero, which makes the kernel Hermitian-symmetric (real for real w).
-``toeplitz_apply`` is plain torch (FFT + pointwise) and scriptable, so networks can embed it.
+``toeplitz_apply`` is plain torch (FFT + pointwise, through ``kernels.toeplitz_product``) and scriptable.
 """
 
 from __future__ import annotations
@@ -13,36 +13,29 @@ import math
 
 import torch
 
+from mrdserve.models.physics.kernels import toeplitz_product
+
 
 def toeplitz_apply(image: torch.Tensor, kernel: torch.Tensor, chunk_elements: int = 1 << 23) -> torch.Tensor:
     """A^H W A of ``image [..., *N]`` with ``kernel [*2N]`` from ``toeplitz_kernel``; same shape out.
 
-    Leading images go through the FFTs in chunks of about ``chunk_elements`` padded values (64 MB complex64 by
-    default: the 16 coils of one 320^2 slice in one call, a batch of 4 slices in four) to bound the temporaries.
+    ``kernels.toeplitz_product`` on the leading images in chunks of about ``chunk_elements`` padded values (64 MB
+    complex64 by default: the 16 coils of one 320^2 slice in one call, a batch of 4 slices in four) to bound the
+    temporaries, in place unless a gradient is needed.
     """
     n_spatial = kernel.dim()
-    dims: list[int] = []
-    padded: list[int] = []
-    spatial: list[int] = []
     flat_shape: list[int] = [-1]
     grid = 1
     for i in range(n_spatial):
-        dims.append(i + 1)
-        padded.append(kernel.shape[i])
         grid *= kernel.shape[i]
-        spatial.append(image.shape[image.dim() - n_spatial + i])
-        flat_shape.append(spatial[i])
+        flat_shape.append(image.shape[image.dim() - n_spatial + i])
     flat = image.reshape(flat_shape)
     out = torch.empty(flat.shape, dtype=torch.result_type(image, kernel), device=image.device)
     chunk = max(1, chunk_elements // grid)
+    in_place = not (torch.is_grad_enabled() and (image.requires_grad or kernel.requires_grad))
     for start in range(0, flat.shape[0], chunk):
         stop = min(start + chunk, flat.shape[0])
-        spectrum = torch.fft.fftn(flat[start:stop], s=padded, dim=dims)
-        spectrum.mul_(kernel)
-        result = torch.fft.ifftn(spectrum, dim=dims, out=spectrum)
-        for i in range(n_spatial):
-            result = result.narrow(dims[i], 0, spatial[i])
-        out[start:stop] = result
+        out[start:stop] = toeplitz_product(flat[start:stop], kernel, n_spatial, in_place)
     return out.reshape(image.shape)
 
 

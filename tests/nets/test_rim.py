@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from mrdserve.models.nets.rim import RIM, sense_gradient
+from mrdserve.models.nets.rim import RIM
+from mrdserve.models.physics.kernels import sense_gradient
 from mrdserve.models.physics.sense import sense_adjoint, sense_forward
 from tests.nets.cartesian_inputs import prepared_example, random_inputs
 from tests.nets.export_check import assert_exports

@@ -27,7 +27,7 @@ def test_single_coil_adjoint_kernel_and_scale(problem):
     inputs = prepare_noncartesian(data, trajectory, SHAPE, density=density)
     assert isinstance(inputs, NonCartesianInputs) and not inputs.multicoil
     op = NufftOp(trajectory, SHAPE, density=density)
-    raw = op.adjoint(data, weighted=True)
+    raw = op.weighted_adjoint(data)
     assert inputs.scale.shape == (2,) and bool((inputs.scale > 0).all())
     expected = raw / inputs.scale.reshape(-1, 1, 1)
     assert torch.allclose(inputs.adjoint, expected, rtol=1e-5, atol=1e-6)
@@ -53,7 +53,7 @@ def test_multicoil_with_given_and_estimated_sensitivities(problem):
     assert inputs.multicoil and inputs.smaps.shape == (2, 3, *SHAPE)
     batch_smaps = smaps.unsqueeze(0).expand(2, -1, -1, -1)
     op = NufftOp(trajectory, SHAPE, smaps=batch_smaps, density=density)
-    expected = op.adjoint(data, weighted=True) / inputs.scale.reshape(-1, 1, 1)
+    expected = op.weighted_adjoint(data) / inputs.scale.reshape(-1, 1, 1)
     assert torch.allclose(inputs.combined_adjoint, expected, rtol=1e-5, atol=1e-6)
     # the network input is the per-coil adjoint A_c^H D y_c, not combined (the net combines with its maps)
     per_coil = op.adjoint_coils(data * density) / inputs.scale.reshape(-1, 1, 1, 1)

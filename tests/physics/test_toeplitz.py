@@ -10,15 +10,7 @@ import torch
 from mrdserve.models.physics.nufft import NufftOp
 from mrdserve.models.physics.toeplitz import toeplitz_apply, toeplitz_kernel
 from mrdserve.models.physics.trajectories import radial_2d, radial_3d, spiral_2d
-
-
-def _randn(*shape: int, seed: int, dtype: torch.dtype = torch.complex128) -> torch.Tensor:
-    return torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
+from tests.physics.conftest import assert_normal, random_complex
 
 CASES = [
     ((16, 16), radial_2d(24, 32)),
@@ -34,28 +26,24 @@ CASES = [
 def test_normal_equals_forward_then_adjoint(shape: tuple[int, ...], traj: torch.Tensor, with_weights: bool,
                                             n_coils: int, dtype: torch.dtype) -> None:
     weights = torch.rand(traj.shape[1], generator=torch.Generator().manual_seed(1)) if with_weights else None
-    smaps = _randn(2, n_coils, *shape, seed=2, dtype=dtype) if n_coils > 1 else None
+    smaps = random_complex(2, n_coils, *shape, seed=2, dtype=dtype) if n_coils > 1 else None
     op = NufftOp(traj, shape, smaps=smaps, density=weights, backend="finufft")
-    x = _randn(2, *shape, seed=3, dtype=dtype)
-    expected = op.adjoint(op.forward(x), weighted=True)
-    result = op.normal(x)
+    result = assert_normal(op, (2, *shape), seed=3, dtype=dtype, normal=op.weighted_normal,
+                           reference=lambda x: op.weighted_adjoint(op.forward(x)), rtol=1e-4)
     assert result.dtype == dtype
-    assert _rel(result, expected) < 1e-4
 
 
 def test_unweighted_normal_ignores_density() -> None:
     traj = radial_2d(16, 32)
     weights = torch.rand(traj.shape[1], generator=torch.Generator().manual_seed(4))
     op = NufftOp(traj, (16, 16), density=weights)
-    x = _randn(1, 16, 16, seed=5)
-    assert _rel(op.normal(x, weighted=False), op.adjoint(op.forward(x))) < 1e-4
+    assert_normal(op, (1, 16, 16), seed=5, rtol=1e-4)  # normal is A^H A whatever the density
 
 
 def test_torchkbnufft_operator_matches_its_toeplitz_normal() -> None:
     traj = radial_2d(24, 32)
-    op = NufftOp(traj, (16, 16), smaps=_randn(1, 2, 16, 16, seed=6), backend="torchkbnufft")
-    x = _randn(1, 16, 16, seed=7)
-    assert _rel(op.normal(x), op.adjoint(op.forward(x))) < 1e-4
+    op = NufftOp(traj, (16, 16), smaps=random_complex(1, 2, 16, 16, seed=6), backend="torchkbnufft")
+    assert_normal(op, (1, 16, 16), seed=7, rtol=1e-4)
 
 
 def test_kernel_shape_and_hermitian_symmetry() -> None:
@@ -68,7 +56,7 @@ def test_kernel_shape_and_hermitian_symmetry() -> None:
 def test_leading_dims_and_jit_script() -> None:
     traj = radial_3d(40, 12)
     kernel = toeplitz_kernel(traj, (6, 8, 10))
-    x = _randn(2, 3, 6, 8, 10, seed=8, dtype=torch.complex64)
+    x = random_complex(2, 3, 6, 8, 10, seed=8, dtype=torch.complex64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(toeplitz_apply)
@@ -89,7 +77,7 @@ def test_kernel_validates_inputs() -> None:
 def test_chunking_over_leading_images_does_not_change_the_result() -> None:
     traj = radial_2d(16, 32)
     kernel = toeplitz_kernel(traj, (16, 16), torch.rand(traj.shape[1], generator=torch.Generator().manual_seed(9)))
-    x = _randn(2, 5, 16, 16, seed=10, dtype=torch.complex64)
+    x = random_complex(2, 5, 16, 16, seed=10, dtype=torch.complex64)
     whole = toeplitz_apply(x, kernel, chunk_elements=1 << 30)
     for chunk_elements in (1, 3 * 32 * 32):  # one image per call; 3 per call with a ragged last chunk
         assert torch.allclose(toeplitz_apply(x, kernel, chunk_elements=chunk_elements), whole, atol=1e-6)
