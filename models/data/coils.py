@@ -86,15 +86,15 @@ def coil_sensitivities_2d(n_coils: int, shape: tuple[int, int], seed: int | None
     RSS over coils is 1 everywhere (see the module docstring).
     A single coil gives maps of ones.
     """
-    shape = _check(n_coils, shape, 2)
+    sizes = _check(n_coils, shape, 2)
     if n_coils == 1:
-        return torch.ones((1, *shape), dtype=torch.complex64, device=device)
+        return torch.ones((1, *sizes), dtype=torch.complex64, device=device)
     rng = np.random.default_rng(seed)
     angles = 2.0 * math.pi * (np.arange(n_coils) + rng.uniform(-0.1, 0.1, n_coils)) / n_coils
     angles += rng.uniform(0.0, 2.0 * math.pi)
     centres = np.stack([ellipse[0] * np.sin(angles), ellipse[1] * np.cos(angles)], axis=1)
     radius = loop_radius if loop_radius is not None else _default_loop_radius(n_coils, ellipse)
-    return _rss_normalise(_maps(_normalised_grid(shape, extent), centres, radius, rng, wavelength), device)
+    return _rss_normalise(_maps(_normalised_grid(sizes, extent), centres, radius, rng, wavelength), device)
 
 
 def coil_sensitivities_3d(n_coils: int, shape: tuple[int, int, int], seed: int | None = None, *,
@@ -107,9 +107,9 @@ def coil_sensitivities_3d(n_coils: int, shape: tuple[int, int, int], seed: int |
     By default ``n_rings = clip(n_coils // 4, 1, 4)``; coils are shared out evenly between rings and
     neighbouring rings are staggered in angle. ``extent`` as in 2D. RSS over coils is 1 everywhere.
     """
-    shape = _check(n_coils, shape, 3)
+    sizes = _check(n_coils, shape, 3)
     if n_coils == 1:
-        return torch.ones((1, *shape), dtype=torch.complex64, device=device)
+        return torch.ones((1, *sizes), dtype=torch.complex64, device=device)
     rings = n_rings if n_rings is not None else int(np.clip(n_coils // 4, 1, 4))
     if not 1 <= rings <= n_coils:
         raise ValueError(f"n_rings must be between 1 and n_coils={n_coils}, got {rings}")
@@ -123,7 +123,7 @@ def coil_sensitivities_3d(n_coils: int, shape: tuple[int, int, int], seed: int |
         angles = 2.0 * math.pi * (np.arange(count) + stagger + rng.uniform(-0.1, 0.1, count)) / count
         centres += [(z, ellipse[0] * math.sin(a), ellipse[1] * math.cos(a)) for a in angles]
     radius = loop_radius if loop_radius is not None else _default_loop_radius(int(per_ring.max()), ellipse)
-    maps = _maps(_normalised_grid(shape, extent), np.asarray(centres), radius, rng, wavelength)
+    maps = _maps(_normalised_grid(sizes, extent), np.asarray(centres), radius, rng, wavelength)
     return _rss_normalise(maps, device)
 
 

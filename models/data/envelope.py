@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mrdserve.models.data.baseline import sampled_lines
@@ -23,11 +23,12 @@ def relative_noise(sample: KSpaceSample) -> float:
     (``models.physics.noise_level``) times sqrt(pixels) over the largest coil-combined sample (the k-space
     centre, sqrt(pixels) times the mean image value with orthonormal transforms). Independent of acceleration
     and matrix size, the envelope's noise axis."""
-    if sample.is_cartesian:
+    trajectory = sample.trajectory  # None for Cartesian data
+    if trajectory is None:
         lines = sampled_lines(sample)
         variance = kspace_noise_variance(sample.kspace[:, lines] if lines.dim() == 1 else sample.kspace)
     else:
-        variance = samples_noise_variance(sample.kspace, sample.trajectory)
+        variance = samples_noise_variance(sample.kspace, trajectory)
     peak = float(sample.kspace.abs().square().sum(0).sqrt().max())
     return math.sqrt(variance * math.prod(sample.matrix)) / peak if peak > 0 else 0.0
 
@@ -80,14 +81,14 @@ def _locate(envelope: dict[str, Any], sample: KSpaceSample) -> tuple[dict[str, A
     return None, "no validated cell at this matrix, coil count, acceleration and noise level"
 
 
-def best_classical(manifest: dict[str, Any], sample: KSpaceSample) -> str | None:
+def best_classical(manifest: Mapping[str, Any], sample: KSpaceSample) -> str | None:
     """The classical method that won the envelope cell ``sample`` falls in (None outside the envelope)."""
     envelope = manifest.get("validation", {}).get("envelope")
     cell = _locate(envelope, sample)[0] if envelope else None
     return None if cell is None else str(cell["classical"]["method"])
 
 
-def envelope_refusal(manifest: dict[str, Any], sample: KSpaceSample) -> str | None:
+def envelope_refusal(manifest: Mapping[str, Any], sample: KSpaceSample) -> str | None:
     """Why the artifact is not served automatically for ``sample`` (None when its envelope cell serves it)."""
     envelope = manifest.get("validation", {}).get("envelope")
     if not envelope:

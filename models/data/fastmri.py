@@ -65,7 +65,7 @@ def _file_mask(f: h5py.File, n_lines: int, n_readout: int) -> np.ndarray | None:
     if mask.ndim == 1 and mask.size == n_lines:
         return mask
     if mask.ndim == 2 and mask.shape == (n_readout, n_lines):
-        return _swap_last(mask).any(axis=-1)
+        return np.asarray(_swap_last(mask).any(axis=-1))  # [ky]: an array, not a NumPy scalar
     raise ValueError(f"mask must be [ky={n_lines}] or [kx={n_readout}, ky={n_lines}] in fastMRI layout, "
                      f"got {mask.shape}")
 
@@ -109,7 +109,8 @@ def read_fastmri(path: str | Path, remove_oversampling: bool = True) -> FastMRIV
         recon_matrix = (info.recon_matrix[1], info.recon_matrix[0])
         geometry = Geometry(field_of_view=info.recon_fov)
     else:
-        recon_matrix = tuple(reference_t.shape[-2:]) if reference_t is not None else tuple(ours.shape[-2:])
+        ny, nx = (reference_t if reference_t is not None else ours).shape[-2:]
+        recon_matrix = (ny, nx)
         geometry = Geometry()
 
     num_low = attrs.get("num_low_frequency")

@@ -15,6 +15,7 @@ from typing import Any
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODEL_FILES = ("model.ts", "model.onnx")
+# The one list of task and preparation names (training config, models.data.prepare and the service use these).
 TASKS = ("cartesian2d-multicoil", "cartesian2d-singlecoil", "noncartesian2d-multicoil",
          "noncartesian2d-singlecoil", "noncartesian3d")
 PREPARATIONS = ("cartesian-sense", "noncartesian-toeplitz")

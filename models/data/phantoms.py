@@ -262,15 +262,15 @@ def phantom_2d(shape: tuple[int, int] = (256, 256), seed: int = 0, *, texture: b
 
     ``texture=False, detail=False`` leaves the (anti-aliased, jittered) ellipse anatomy only.
     """
-    shape = _check_shape(shape, 2)
-    return _to_torch(_head(shape, _HEAD_2D, seed, texture, detail), torch.float32, device)
+    sizes = _check_shape(shape, 2)
+    return _to_torch(_head(sizes, _HEAD_2D, seed, texture, detail), torch.float32, device)
 
 
 def phantom_3d(shape: tuple[int, int, int] = (64, 64, 64), seed: int = 0, *, texture: bool = True,
                detail: bool = True, device: torch.device | str = "cpu") -> torch.Tensor:
     """Head-like magnitude volume ``[z, y, x]`` float32 in [0, 1]: ellipsoids + 3D texture + fine detail."""
-    shape = _check_shape(shape, 3)
-    return _to_torch(_head(shape, _head_3d(), seed, texture, detail), torch.float32, device)
+    sizes = _check_shape(shape, 3)
+    return _to_torch(_head(sizes, _head_3d(), seed, texture, detail), torch.float32, device)
 
 
 def smooth_phase(shape: tuple[int, ...], seed: int = 0, max_order: int = 2, amplitude: float = math.pi,

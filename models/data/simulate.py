@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ _HEADER_TRAJECTORY = {"radial": ("radial", None), "spiral": ("spiral", None),
 DEFAULT_MATRIX_2D, DEFAULT_MATRIX_3D = 256, 64
 MASK_TYPES: dict[str, type[MaskFunc]] = {
     "random": RandomMask, "equispaced": EquispacedMask, "equispaced_fraction": EquispacedFractionMask}
-FORMATS = ("ismrmrd", "fastmri")
+FILE_LAYOUTS = ("ismrmrd", "fastmri")
 GROUND_TRUTH_GROUP = "mrdserve"
 
 
@@ -134,25 +135,37 @@ def _seeds(seed: int, count: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(count)]
 
 
-def _matrix(shape: int | tuple[int, int]) -> tuple[int, int]:
-    matrix = (int(shape), int(shape)) if isinstance(shape, int | np.integer) else tuple(int(n) for n in shape)
+def _sizes(shape: int | Sequence[int], n_dims: int) -> tuple[int, ...]:
+    return (int(shape),) * n_dims if isinstance(shape, int | np.integer) else tuple(int(n) for n in shape)
+
+
+def _matrix(shape: int | Sequence[int]) -> tuple[int, int]:
+    """(y, x) from a square size or two sizes, each at least 16."""
+    matrix = _sizes(shape, 2)
     if len(matrix) != 2 or min(matrix) < 16:
         raise ValueError(f"shape (matrix) must be two sizes of at least 16, got {shape}")
-    return matrix  # type: ignore[return-value]
+    return matrix[0], matrix[1]
 
 
-def _matrix_3d(shape: int | tuple[int, int, int]) -> tuple[int, int, int]:
+def _matrix_3d(shape: int | Sequence[int]) -> tuple[int, int, int]:
     """(z, y, x) from a cube size or three sizes: in-plane at least 16, at least 8 partitions."""
-    matrix = (int(shape),) * 3 if isinstance(shape, int | np.integer) else tuple(int(n) for n in shape)
+    matrix = _sizes(shape, 3)
     if len(matrix) != 3 or min(matrix[1:]) < 16 or matrix[0] < 8:
         raise ValueError(f"shape (matrix) must be (z, y, x) with y, x >= 16 and z >= 8, got {shape}")
-    return matrix  # type: ignore[return-value]
+    return matrix[0], matrix[1], matrix[2]
 
 
-def _fov_3d(matrix: tuple[int, int, int], fov_mm: tuple[float, float, float] | None) -> tuple[float, ...]:
+def _fov(fov_mm: Sequence[float]) -> tuple[float, float, float]:
+    """A recon FOV as (x, y, z) floats in mm; a clear error for any other length."""
+    if len(fov_mm) != 3:
+        raise ValueError(f"fov_mm must be (x, y, z) in mm, got {tuple(fov_mm)}")
+    return float(fov_mm[0]), float(fov_mm[1]), float(fov_mm[2])
+
+
+def _fov_3d(matrix: tuple[int, ...], fov_mm: Sequence[float] | None) -> tuple[float, float, float]:
     """The given recon FOV (x, y, z), or 256 mm in-plane with isotropic voxels along z."""
     if fov_mm is not None:
-        return tuple(float(v) for v in fov_mm)
+        return _fov(fov_mm)
     return (256.0, 256.0, 256.0 * matrix[0] / matrix[1])
 
 
@@ -267,7 +280,7 @@ def _acquire_cartesian(matrix: tuple[int, ...], n_coils: int, acceleration: floa
         kspace=kspace, ground_truth=images, smaps=wide_maps[..., start:start + nx].contiguous(),
         trajectory_type="cartesian3d" if len(matrix) == 3 else "cartesian", matrix=matrix,
         acceleration=float(acceleration), readout_oversampling=int(readout_oversampling), mask=mask, acs=acs,
-        noise=scan, noise_covariance=covariance, noise_sigma=sigma, seed=int(seed), fov_mm=tuple(fov_mm))
+        noise=scan, noise_covariance=covariance, noise_sigma=sigma, seed=int(seed), fov_mm=_fov(fov_mm))
 
 
 def simulate_cartesian(shape: int | tuple[int, int] = (256, 256), n_coils: int = 8, acceleration: float = 4,
@@ -369,10 +382,10 @@ def simulate_noncartesian(trajectory: str = "radial", shape: int | tuple[int, ..
     if is_3d:
         traj, per_readout, per_partition = _trajectory_3d(trajectory, matrix[0], matrix[-1], float(acceleration),
                                                           n_readouts, n_samples)
-        fov = _fov_3d(matrix, fov_mm)  # type: ignore[arg-type]
+        fov = _fov_3d(matrix, fov_mm)
     else:
         traj, per_readout, _ = _trajectory(trajectory, matrix[0], float(acceleration), n_readouts, n_samples)
-        fov = tuple(fov_mm) if fov_mm is not None else (256.0, 256.0, 5.0)
+        fov = _fov(fov_mm) if fov_mm is not None else (256.0, 256.0, 5.0)
 
     images = _phantoms(matrix, n_slices, phantom_seed)
     maps = _coil_maps(n_coils, matrix, coil_seed)
@@ -385,7 +398,7 @@ def simulate_noncartesian(trajectory: str = "radial", shape: int | tuple[int, ..
         kspace=kspace, ground_truth=images, smaps=maps, trajectory_type=trajectory, matrix=matrix,
         acceleration=float(acceleration), trajectory=traj, samples_per_readout=per_readout,
         readouts_per_partition=per_partition, noise=scan, noise_covariance=covariance, noise_sigma=sigma,
-        seed=int(seed), fov_mm=fov)  # type: ignore[arg-type]
+        seed=int(seed), fov_mm=fov)
 
 
 def _write_ground_truth(path: Path, sim: Simulation) -> None:
@@ -422,22 +435,22 @@ def write_simulation(path: str | Path, sim: Simulation, fmt: str = "ismrmrd") ->
     Cartesian k-space is stored exactly as simulated (oversampled readout, noise in the margin included);
     3D Cartesian partitions become ``kspace_encode_step_2``; non-Cartesian trajectories are stored per sample.
     """
-    from mrdserve.models.data import ismrmrd_io
+    from mrdserve.models.data import ismrmrd_write
 
     path = Path(path)
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt not in FILE_LAYOUTS:
+        raise ValueError(f"format must be one of {', '.join(FILE_LAYOUTS)}, got {fmt!r}")
     acceleration = max(1, round(sim.acceleration))
     if fmt == "fastmri":
         _write_fastmri(path, sim)
     elif sim.mask is not None:
-        ismrmrd_io.write_ismrmrd_cartesian(
+        ismrmrd_write.write_ismrmrd_cartesian(
             path, sim.kspace, sim.mask.unsqueeze(-1), None if sim.acs is None else sim.acs.unsqueeze(-1),
             fov_mm=sim.fov_mm, readout_oversampling=sim.readout_oversampling, kspace_is_oversampled=True,
             noise=sim.noise, acceleration=acceleration)
     else:
         header_type, identifier = _HEADER_TRAJECTORY[sim.trajectory_type]
-        ismrmrd_io.write_ismrmrd_noncartesian(
+        ismrmrd_write.write_ismrmrd_noncartesian(
             path, sim.kspace, sim.trajectory, int(sim.samples_per_readout or sim.kspace.shape[-1]),
             matrix=sim.matrix, trajectory_type=header_type, trajectory_identifier=identifier,
             readouts_per_partition=sim.readouts_per_partition, fov_mm=sim.fov_mm, noise=sim.noise,
@@ -479,8 +492,8 @@ def simulate_to_file(path: str | Path, trajectory: str = "cartesian", coils: int
     """
     if trajectory not in TRAJECTORIES:
         raise ValueError(f"trajectory must be one of {', '.join(TRAJECTORIES)}, got {trajectory!r}")
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt not in FILE_LAYOUTS:
+        raise ValueError(f"format must be one of {', '.join(FILE_LAYOUTS)}, got {fmt!r}")
     if fmt == "fastmri" and trajectory != "cartesian":
         raise ValueError("the fastMRI format holds 2D Cartesian data only; use --format ismrmrd for "
                          f"{trajectory} trajectories")
@@ -534,7 +547,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                         help="readout oversampling factor, Cartesian only (default: 2)")
     parser.add_argument("--no-noise-scan", action="store_true", help="do not write a noise calibration scan")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--format", choices=FORMATS, default="ismrmrd", help="file layout (default: ismrmrd)")
+    parser.add_argument("--format", choices=FILE_LAYOUTS, default="ismrmrd", help="file layout (default: ismrmrd)")
     return parser
 
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS = ("cartesian2d-multicoil", "cartesian2d-singlecoil", "noncartesian2d-multicoil",
-         "noncartesian2d-singlecoil", "noncartesian3d")
-PREPARATIONS = ("cartesian-sense", "noncartesian-toeplitz")
+from mrdserve.models.data.manifest_schema import PREPARATIONS, TASKS
+
 DATA_KINDS = ("synthetic", "fastmri", "ismrmrd")
 OPTIMIZERS = ("radam", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine")
@@ -228,7 +227,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         _positive(getattr(config.loop, name), f"loop.{name}")
     for name in ("val_every", "val_examples", "num_workers"):
         _positive(getattr(config.loop, name), f"loop.{name}", allow_zero=True)
-    from mrdserve.models.data.prepare import PREPARATIONS as PREPARATION_SPECS
+    from mrdserve.models.data.prepare import PREPARATION_SPECS
 
     spec = PREPARATION_SPECS[config.preparation.name]
     if config.task not in spec.tasks:

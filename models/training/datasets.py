@@ -28,7 +28,8 @@ from torch.utils.data import Dataset
 from mrdserve.models.data.baseline import center_crop
 from mrdserve.models.data.fastmri import read_fastmri
 from mrdserve.models.data.ismrmrd_io import read_ismrmrd
-from mrdserve.models.data.prepare import PREPARATIONS, TASKS, prepare_sample, task_of
+from mrdserve.models.data.manifest_schema import TASKS
+from mrdserve.models.data.prepare import PREPARATION_SPECS, prepare_sample, task_of
 from mrdserve.models.data.sample import KSpaceSample, SampleIndex
 from mrdserve.models.data.simulate import (
     GROUND_TRUTH_GROUP,
@@ -118,7 +119,7 @@ def collate_examples(examples: Sequence[TrainingExample]) -> TrainingBatch:
 
 def default_preparation(task: str) -> str:
     """The preparation that serves ``task``."""
-    for name, spec in PREPARATIONS.items():
+    for name, spec in PREPARATION_SPECS.items():
         if task in spec.tasks:
             return name
     raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
@@ -230,9 +231,9 @@ class SyntheticDataset(Dataset):
         self.ismrmrd_path = bool(ismrmrd_path)
         self.seed = int(seed)
         self.preparation = preparation or default_preparation(task)
-        if self.preparation not in PREPARATIONS or task not in PREPARATIONS[self.preparation].tasks:
+        if self.preparation not in PREPARATION_SPECS or task not in PREPARATION_SPECS[self.preparation].tasks:
             raise ValueError(f"preparation {self.preparation!r} does not serve task {task!r}")
-        self.params = PREPARATIONS[self.preparation].resolve(params)
+        self.params = PREPARATION_SPECS[self.preparation].resolve(params)
 
     def __len__(self) -> int:
         return self.n_examples
@@ -382,9 +383,9 @@ class FastMRIDataset(Dataset):
         self.files = _h5_files(directory, "fastMRI")
         self.mask_func = mask_func
         self.preparation = preparation
-        if preparation not in PREPARATIONS:
-            raise ValueError(f"unknown preparation {preparation!r}; known: {', '.join(PREPARATIONS)}")
-        self.params = PREPARATIONS[preparation].resolve(params)
+        if preparation not in PREPARATION_SPECS:
+            raise ValueError(f"unknown preparation {preparation!r}; known: {', '.join(PREPARATION_SPECS)}")
+        self.params = PREPARATION_SPECS[preparation].resolve(params)
         self.seed = int(seed)
         self.index: list[tuple[int, int]] = []
         for number, path in enumerate(self.files):
@@ -443,8 +444,8 @@ class IsmrmrdDataset(Dataset):
                  params: dict[str, Any] | None = None, seed: int = 0) -> None:
         if mask_func is not None and not isinstance(mask_func, MaskFunc):
             raise TypeError(f"mask_func must be a models.physics.masks.MaskFunc, got {type(mask_func).__name__}")
-        if preparation is not None and preparation not in PREPARATIONS:
-            raise ValueError(f"unknown preparation {preparation!r}; known: {', '.join(PREPARATIONS)}")
+        if preparation is not None and preparation not in PREPARATION_SPECS:
+            raise ValueError(f"unknown preparation {preparation!r}; known: {', '.join(PREPARATION_SPECS)}")
         self.files = _h5_files(directory, "ISMRMRD")
         self.mask_func = mask_func
         self.preparation = preparation

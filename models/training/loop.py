@@ -4,10 +4,12 @@ Iterative models get two hooks: a network with ``forward_steps`` (RIM) is traine
 per-step outputs, and a network that keeps ``last_stats`` (a dict of numbers, e.g. a DEQ's forward iterations
 and residual) has them logged after every step and kept in ``TrainResult.model_stats``.
 
-``train(config)`` builds the datasets, the network (``models.nets.registry``), the optimiser and scheduler,
-resumes from ``output_dir/latest.pt`` when asked, and runs ``loop.steps`` optimisation steps. The data order is
-a pure function of (seed, step) (``StepSampler``), and checkpoints hold model, optimiser, scheduler, scaler,
-RNG states and step, so a run interrupted at any checkpoint continues exactly as if it had never stopped.
+``train(config)`` runs the steps below: ``build_run`` makes the datasets, the network (``models.nets.registry``),
+the optimiser and scheduler and resumes from ``output_dir/latest.pt`` when asked; then ``loop.steps`` times
+``training_step``, with ``validation_pass`` and ``save_run`` (checkpointing) every ``val_every`` /
+``checkpoint_every`` steps and at the end. The data order is a pure function of (seed, step) (``StepSampler``),
+and checkpoints hold model, optimiser, scheduler, scaler, RNG states and step, so a run interrupted at any
+checkpoint continues exactly as if it had never stopped.
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the same code wraps the network in DistributedDataParallel, each rank
 takes its own share of every step's examples, and rank 0 alone validates, logs and writes checkpoints.
 """
@@ -356,11 +358,90 @@ def _check_compatible(saved: dict[str, Any], config: TrainConfig, path: Path) ->
                              f"the config now says {current[key]!r}; use a new output_dir or --no-resume")
 
 
-# --- the loop ------------------------------------------------------------------------------------------------
+# --- the run -------------------------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, resume: bool = True) -> TrainResult:
-    """Train as ``config`` says; with ``resume``, continue from ``output_dir/latest.pt`` when it exists."""
+@dataclass
+class TrainingRun:
+    """What ``build_run`` sets up and the training step, the validation pass and checkpointing share."""
+
+    config: TrainConfig
+    dist: Distributed
+    device: torch.device
+    output_dir: Path
+    model: nn.Module  # the network itself (what checkpoints and validation see)
+    network: nn.Module  # what the training step calls: per-step outputs and/or DDP around ``model``
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    loader: DataLoader
+    loss_fn: Any
+    val_set: Dataset
+    val_indices: list[int]
+    data_info: dict[str, str]
+    config_dict: dict[str, Any]
+    writer: Any  # TensorBoard SummaryWriter on rank 0, else None
+    start_step: int
+    latest: Path | None  # the checkpoint resumed from
+    metrics: dict[str, Any]  # the last validation metrics
+    baseline_cache: dict[str, Any]  # per-volume baseline metrics of earlier validations (computed once)
+
+
+def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
+    """The network of ``config.network`` on ``device``, initialised from ``loop.init_from`` when given and with
+    gradient checkpointing when ``loop.grad_checkpointing`` asks for it."""
+    model = build_network(config.network.name, **config.network.kwargs).to(device)
+    if config.loop.init_from:
+        copied = initialise_from(model, Path(config.loop.init_from))
+        log.info("initialised %d parameter tensors from %s", copied, config.loop.init_from)
+    if config.loop.grad_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def restore_checkpoint(path: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       scheduler: Any, scaler: torch.amp.GradScaler, device: torch.device,
+                       ) -> tuple[int, dict[str, Any]]:
+    """Load model, optimiser, scheduler, scaler and RNG states from ``path``; return its step and metrics."""
+    saved = ckpt.load_checkpoint(path, map_location=device)
+    _check_compatible(saved, config, path)
+    model.load_state_dict(saved["model_state"])
+    optimizer.load_state_dict(saved["optimizer_state"])
+    if scheduler is not None and saved["scheduler_state"] is not None:
+        scheduler.load_state_dict(saved["scheduler_state"])
+    if scaler.is_enabled() and saved["scaler_state"] is not None:
+        scaler.load_state_dict(saved["scaler_state"])
+    ckpt.restore_rng(saved["rng"])
+    step = int(saved["step"])
+    log.info("resumed from %s at step %d", path, step)
+    return step, dict(saved["metrics"])
+
+
+def wrap_network(model: nn.Module, dist: Distributed, device: torch.device) -> nn.Module:
+    """``model`` as the training step calls it: ``forward_steps`` as forward for iterative models, DDP when
+    there is more than one rank."""
+    network: nn.Module = PerStepOutputs(model) if callable(getattr(model, "forward_steps", None)) else model
+    if dist.world_size > 1:
+        network = nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda"
+                                                      else None)
+    return network
+
+
+def step_loader(config: TrainConfig, train_set: Dataset, dist: Distributed, device: torch.device,
+                start_step: int) -> DataLoader:
+    """Batches for steps ``[start_step, loop.steps)`` of this rank, in ``StepSampler``'s (seed, step) order."""
+    return DataLoader(
+        train_set, batch_size=config.loop.batch_size, collate_fn=collate_examples,
+        sampler=StepSampler(len(train_set), config.loop.batch_size, config.seed, start_step, config.loop.steps,
+                            dist.rank, dist.world_size),
+        num_workers=config.loop.num_workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed + start_step))
+
+
+def build_run(config: TrainConfig, resume: bool = True) -> TrainingRun:
+    """Devices, seeds, data, network, optimiser and scheduler of ``config``; with ``resume``, their state and
+    the RNGs restored from ``output_dir/latest.pt`` when it exists."""
     dist = init_distributed(config.loop.device)
     device = resolve_device(config.loop.device, dist.local_rank)
     configure_determinism(config.loop.deterministic)
@@ -369,109 +450,122 @@ def train(config: TrainConfig, resume: bool = True) -> TrainResult:
     train_set, val_set, data_info = build_datasets(config)
     if config.data.cache:
         train_set, val_set = CachedDataset(train_set), CachedDataset(val_set)
-
-    model = build_network(config.network.name, **config.network.kwargs).to(device)
-    if config.loop.init_from:
-        copied = initialise_from(model, Path(config.loop.init_from))
-        log.info("initialised %d parameter tensors from %s", copied, config.loop.init_from)
-    if config.loop.grad_checkpointing:
-        enable_gradient_checkpointing(model)
+    model = build_model(config, device)
     optimizer = build_optimizer(config, model.parameters())
     scheduler = build_scheduler(config, optimizer)
     use_amp = config.loop.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    start_step, metrics = 0, {}
     latest = ckpt.latest_checkpoint(output_dir) if resume else None
+    start_step, metrics = 0, {}
     if latest is not None:
-        saved = ckpt.load_checkpoint(latest, map_location=device)
-        _check_compatible(saved, config, latest)
-        model.load_state_dict(saved["model_state"])
-        optimizer.load_state_dict(saved["optimizer_state"])
-        if scheduler is not None and saved["scheduler_state"] is not None:
-            scheduler.load_state_dict(saved["scheduler_state"])
-        if use_amp and saved["scaler_state"] is not None:
-            scaler.load_state_dict(saved["scaler_state"])
-        ckpt.restore_rng(saved["rng"])
-        start_step, metrics = int(saved["step"]), dict(saved["metrics"])
-        log.info("resumed from %s at step %d", latest, start_step)
-    baseline_cache = {row["volume"]: row["baselines"] for row in metrics.get("per_volume", [])}
+        start_step, metrics = restore_checkpoint(latest, config, model, optimizer, scheduler, scaler, device)
+    return TrainingRun(
+        config=config, dist=dist, device=device, output_dir=output_dir, model=model,
+        network=wrap_network(model, dist, device), optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+        use_amp=use_amp, loader=step_loader(config, train_set, dist, device, start_step),
+        loss_fn=get_loss(config.loss), val_set=val_set,
+        val_indices=list(range(min(config.loop.val_examples, len(val_set)))),
+        data_info=data_info, config_dict=config_to_dict(config),
+        writer=_tensorboard(output_dir / "tensorboard") if dist.is_main else None,
+        start_step=start_step, latest=latest, metrics=metrics,
+        baseline_cache={row["volume"]: row["baselines"] for row in metrics.get("per_volume", [])})
 
-    network: nn.Module = PerStepOutputs(model) if callable(getattr(model, "forward_steps", None)) else model
-    if dist.world_size > 1:
-        network = nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda"
-                                                      else None)
-    loader = DataLoader(
-        train_set, batch_size=config.loop.batch_size, collate_fn=collate_examples,
-        sampler=StepSampler(len(train_set), config.loop.batch_size, config.seed, start_step, config.loop.steps,
-                            dist.rank, dist.world_size),
-        num_workers=config.loop.num_workers, pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(config.seed + start_step))
-    loss_fn = get_loss(config.loss)
-    config_dict = config_to_dict(config)
-    writer = _tensorboard(output_dir / "tensorboard") if dist.is_main else None
-    bar = _progress(config.loop.steps, start_step, dist.is_main and sys.stderr.isatty())
-    val_indices = list(range(min(config.loop.val_examples, len(val_set))))
-    result = TrainResult(step=start_step, checkpoint=latest, metrics=metrics, resumed_from=start_step)
 
-    def validate_and_save(step: int, validate: bool) -> None:
-        nonlocal metrics
-        if dist.is_main:
-            if validate and val_indices:
-                with _rng_neutral():
-                    evaluation = evaluate(model, val_set, val_indices, device, baseline_cache, amp=use_amp)
-                metrics = {"step": step, **evaluation.metrics}
-                _log_validation(writer, metrics, step)
-            saved = ckpt.build_checkpoint(config=config_dict, model=model, optimizer=optimizer,
-                                          scheduler=scheduler, scaler=scaler, step=step, data=data_info,
-                                          metrics=metrics)
-            result.checkpoint = ckpt.save_checkpoint(saved, output_dir)
-        if dist.world_size > 1:
-            torch.distributed.barrier()
+# --- the steps -----------------------------------------------------------------------------------------------
 
-    network.train()
-    step, started, examples = start_step, time.perf_counter(), 0
-    for batch in loader:
-        batch = batch.to(device, non_blocking=True)
-        with torch.autocast(device.type, enabled=use_amp):
-            output = network(**batch.inputs)
-        loss = training_loss(loss_fn, batch, output)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config.optim.grad_clip is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        if scheduler is not None:
-            scheduler.step()
+
+def training_step(run: TrainingRun, batch: Any) -> float:
+    """One optimisation step on ``batch``: forward (autocast), loss, backward, clipping, optimiser and
+    scheduler; returns the loss."""
+    batch = batch.to(run.device, non_blocking=True)
+    with torch.autocast(run.device.type, enabled=run.use_amp):
+        output = run.network(**batch.inputs)
+    loss = training_loss(run.loss_fn, batch, output)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if run.config.optim.grad_clip is not None:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.optim.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if run.scheduler is not None:
+        run.scheduler.step()
+    return float(loss.detach())
+
+
+def log_training_step(run: TrainingRun, bar: Any, step: int, loss: float, stats: dict[str, float],
+                      examples_per_s: float) -> None:
+    """Loss, the model's stats and throughput on the progress bar and in TensorBoard."""
+    bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{examples_per_s:.2f}", **{k: f"{v:.3g}" for k, v in stats.items()})
+    if run.writer is None:
+        return
+    run.writer.add_scalar("train/loss", loss, step)
+    for key, number in stats.items():
+        run.writer.add_scalar(f"train/{key}", number, step)
+    run.writer.add_scalar("train/lr", run.optimizer.param_groups[0]["lr"], step)
+    run.writer.add_scalar("train/examples_per_s", examples_per_s, step)
+
+
+def validation_pass(run: TrainingRun, step: int) -> dict[str, Any]:
+    """Model and baseline metrics on the validation examples (RNG streams untouched), logged; rank 0 only."""
+    with _rng_neutral():
+        evaluation = evaluate(run.model, run.val_set, run.val_indices, run.device, run.baseline_cache,
+                              amp=run.use_amp)
+    metrics = {"step": step, **evaluation.metrics}
+    _log_validation(run.writer, metrics, step)
+    return metrics
+
+
+def save_run(run: TrainingRun, step: int) -> Path:
+    """Checkpoint the run at ``step`` (model, optimiser, scheduler, scaler, RNGs, metrics); rank 0 only."""
+    saved = ckpt.build_checkpoint(config=run.config_dict, model=run.model, optimizer=run.optimizer,
+                                  scheduler=run.scheduler, scaler=run.scaler, step=step, data=run.data_info,
+                                  metrics=run.metrics)
+    return ckpt.save_checkpoint(saved, run.output_dir)
+
+
+def validate_and_save(run: TrainingRun, result: TrainResult, step: int, validate: bool) -> None:
+    """Rank 0 validates (when asked and there are validation examples) and checkpoints; then all ranks meet."""
+    if run.dist.is_main:
+        if validate and run.val_indices:
+            run.metrics = validation_pass(run, step)
+        result.checkpoint = save_run(run, step)
+    if run.dist.world_size > 1:
+        torch.distributed.barrier()
+
+
+# --- the loop ------------------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, resume: bool = True) -> TrainResult:
+    """Train as ``config`` says; with ``resume``, continue from ``output_dir/latest.pt`` when it exists."""
+    run, loop = build_run(config, resume), config.loop
+    bar = _progress(loop.steps, run.start_step, run.dist.is_main and sys.stderr.isatty())
+    result = TrainResult(step=run.start_step, checkpoint=run.latest, metrics=run.metrics,
+                         resumed_from=run.start_step)
+    run.network.train()
+    step, started, examples = run.start_step, time.perf_counter(), 0
+    for batch in run.loader:
+        loss = training_step(run, batch)
         step += 1
-        examples += len(batch) * dist.world_size
-        value = float(loss.detach())
-        result.losses.append(value)
-        stats = model_stats(model)
+        examples += len(batch) * run.dist.world_size
+        result.losses.append(loss)
+        stats = model_stats(run.model)
         if stats:
             result.model_stats = stats
-        if step % config.loop.log_every == 0 or step == config.loop.steps:
-            rate = examples / max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(loss=f"{value:.4f}", ex_s=f"{rate:.2f}", **{k: f"{v:.3g}" for k, v in stats.items()})
-            if writer is not None:
-                writer.add_scalar("train/loss", value, step)
-                for key, number in stats.items():
-                    writer.add_scalar(f"train/{key}", number, step)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-                writer.add_scalar("train/examples_per_s", rate, step)
+        if step % loop.log_every == 0 or step == loop.steps:
+            log_training_step(run, bar, step, loss, stats, examples / max(time.perf_counter() - started, 1e-9))
         bar.update(1)
-        periodic_val = config.loop.val_every > 0 and step % config.loop.val_every == 0
-        at_end = step == config.loop.steps
-        if periodic_val or step % config.loop.checkpoint_every == 0 or at_end:
-            validate_and_save(step, validate=periodic_val or at_end)
+        periodic_val = loop.val_every > 0 and step % loop.val_every == 0
+        at_end = step == loop.steps
+        if periodic_val or step % loop.checkpoint_every == 0 or at_end:
+            validate_and_save(run, result, step, validate=periodic_val or at_end)
     bar.close()
-    if writer is not None:
-        writer.close()
-    if step == start_step and dist.is_main and latest is None:  # nothing to do (steps reached): still leave a file
-        validate_and_save(step, validate=True)
-    result.step, result.metrics = step, metrics
+    if run.writer is not None:
+        run.writer.close()
+    if step == run.start_step and run.dist.is_main and run.latest is None:  # steps reached: still leave a file
+        validate_and_save(run, result, step, validate=True)
+    result.step, result.metrics = step, run.metrics
     return result
 
 

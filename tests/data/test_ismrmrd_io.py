@@ -15,13 +15,8 @@ import pytest
 import torch
 
 from mrdserve.models.data.acquisitions import AcquisitionAssembler, remove_readout_oversampling
-from mrdserve.models.data.ismrmrd_io import (
-    header_from_file,
-    read_acquisitions,
-    read_ismrmrd,
-    write_ismrmrd_cartesian,
-    write_ismrmrd_noncartesian,
-)
+from mrdserve.models.data.ismrmrd_io import header_from_file, read_acquisitions, read_ismrmrd
+from mrdserve.models.data.ismrmrd_write import write_ismrmrd_cartesian, write_ismrmrd_noncartesian
 from mrdserve.models.data.sample import Geometry, SampleIndex
 from mrdserve.models.data.trajectory_units import units_from_header
 from mrdserve.models.physics.fft import fft2c, ifft2c

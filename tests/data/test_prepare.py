@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 import torch
 
+from mrdserve.models.data import manifest_schema
 from mrdserve.models.data.prepare import (
-    PREPARATIONS,
+    PREPARATION_SPECS,
     TASKS,
     PreparedSample,
     collate,
@@ -144,4 +145,12 @@ def test_collate_refuses_mixed_samples() -> None:
         collate([a, b])
     with pytest.raises(ValueError, match="at least one"):
         collate([])
-    assert set(PREPARATIONS) == {"cartesian-sense", "noncartesian-toeplitz"}
+    assert set(PREPARATION_SPECS) == {"cartesian-sense", "noncartesian-toeplitz"}
+
+
+def test_preparations_are_keyed_by_the_one_list_of_names() -> None:
+    """prepare.py's specs cover exactly the manifest's preparation names and serve only (and all) its tasks."""
+    assert TASKS is manifest_schema.TASKS
+    assert tuple(PREPARATION_SPECS) == manifest_schema.PREPARATIONS
+    assert all(spec.name == name for name, spec in PREPARATION_SPECS.items())
+    assert {task for spec in PREPARATION_SPECS.values() for task in spec.tasks} == set(TASKS)
