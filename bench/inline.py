@@ -16,13 +16,11 @@ Last line: ``inline_overhead_ms_p50=<x> ...``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from mrdserve.models.data.ismrmrd_io import read_acquisitions, read_ismrmrd
 from mrdserve.models.data.simulate import simulate_to_file
 from mrdserve.service.config import ServiceConfig
 from mrdserve.service.engine.engine import Engine
+from mrdserve.service.engine.engine_thread import EngineThread
 from mrdserve.service.mrd.protocol import (
     MessageId,
     encode_close,
@@ -53,22 +52,17 @@ class Background:
     """Engine + MRD server on their own event loop in a thread."""
 
     def __init__(self, config: ServiceConfig) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
         self.engine = Engine(config)
-        self.call(self.engine.start())
+        self.thread = EngineThread(self.engine)
         self.server = MrdServer(self.engine, HOST, 0)
         self.call(self.server.start())
 
     def call(self, coroutine, timeout: float = 600):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+        return self.thread.call(coroutine, timeout)
 
     def stop(self) -> None:
         self.call(self.server.stop(grace_s=5))
-        self.call(self.engine.shutdown())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.thread.stop()
 
 
 def stream_slice_by_slice(port: int, path: Path) -> list[tuple[float, float, str]]:

@@ -43,7 +43,8 @@ from mrdserve.models.data.simulate import read_ground_truth, simulate_to_file  #
 from mrdserve.models.physics.classical import rss  # noqa: E402
 from mrdserve.models.physics.fft import ifftnc  # noqa: E402
 from mrdserve.service.artifacts import load_artifacts, mismatch  # noqa: E402
-from mrdserve.service.offline_recon import OfflineReconstructor  # noqa: E402
+from mrdserve.service.engine.choice import AUTOMATIC, Choice  # noqa: E402
+from mrdserve.service.offline_recon import offline_engine  # noqa: E402
 
 CLASSICAL_CARTESIAN = CLASSICAL_METHODS["cartesian"]
 CLASSICAL_NONCARTESIAN = CLASSICAL_METHODS["noncartesian"]
@@ -164,11 +165,11 @@ def evaluate(case: Case, artifacts: list) -> dict[str, tuple[float, float, float
     methods: dict[str, object] = {}
     for method in CLASSICAL_CARTESIAN if case.cartesian else CLASSICAL_NONCARTESIAN:
         methods[method] = method
+    engine = offline_engine([a.path for a in artifacts], runner="torchscript", device="cpu")
     for artifact in artifacts:
         if all(mismatch(artifact, s) is None for s in case.samples):
-            methods[artifact.name] = OfflineReconstructor(artifacts, artifact.name, "torchscript",
-                                                          torch.device("cpu"))
-    methods["default"] = OfflineReconstructor(artifacts, None, "torchscript", torch.device("cpu"))
+            methods[artifact.name] = Choice.of(artifact.name)
+    methods["default"] = AUTOMATIC
     rows: dict[str, tuple[float, float, float, float]] = {}
     first_images: dict[str, np.ndarray] = {}
     for name, how in methods.items():
@@ -177,15 +178,16 @@ def evaluate(case: Case, artifacts: list) -> dict[str, tuple[float, float, float
             start = time.perf_counter()
             try:
                 if isinstance(how, str):
-                    image, label = classical_reconstruction(sample, how).image, how
+                    image, label = classical_reconstruction(sample, how).image.detach().cpu().numpy(), how
                 else:
-                    image, label = how.reconstruct(sample)
+                    [result] = engine.reconstruct_sync([sample], how)
+                    image, label = result.image, result.method or result.label
             except ValueError as error:  # a method that cannot reconstruct this data is a row of NaN, not a crash
                 print(f"# {case.name}: {name} failed: {error}")
                 scores.append((float("nan"),) * 3)
                 continue
             seconds += time.perf_counter() - start
-            image = image.detach().cpu().numpy().astype(np.float64)
+            image = image.astype(np.float64)
             scores.append(fitted_scores(reference, image))
             if index == 0:
                 first_images[name if name != "default" else f"default ({label})"] = image

@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mrdserve.models.data.ismrmrd_io import read_ismrmrd  # noqa: E402
-from mrdserve.service.api import ingest, package  # noqa: E402
 from mrdserve.service.config import ServiceConfig  # noqa: E402
 from mrdserve.service.engine.engine import Engine  # noqa: E402
+from mrdserve.service.rest.processing import ingest, package  # noqa: E402
 
 LATENCY_REPS = 30
 THROUGHPUT_REQUESTS = 32
@@ -162,12 +162,12 @@ def main() -> None:
         tmp_path = Path(tmp)
         path = simulate(tmp_path / "radial.h5")
         measured = measure(path, tmp_path)
-    ms = {name: [1000 * v for v in measured[name]] for name in ("engine", "pipeline", "rest")}
+    ms = {name: [1000 * v for v in measured[name]] for name in ("engine", "processing", "rest")}
     print(f"workload: 1 radial slice per request (96x96, 8 coils, R=4), artifact {measured['label']}, PNG output, "
           f"max_batch {measured['max_batch']}, CPUs {os.cpu_count()}")
     print(f"{'per-slice latency (ms)':<44}{'p50':>9}{'p95':>9}")
     for name, title in (("engine", "engine.reconstruct (samples in memory)"),
-                        ("pipeline", "read + engine + package (in process)"), ("rest", "REST POST over loopback")):
+                        ("processing", "read + engine + package (in process)"), ("rest", "REST POST over loopback")):
         print(f"{title:<44}{statistics.median(ms[name]):>9.2f}{percentile(ms[name], 0.95):>9.2f}")
     overhead = statistics.median(ms["rest"]) - statistics.median(ms["pipeline"])
     over_engine = statistics.median(ms["rest"]) - statistics.median(ms["engine"])

@@ -12,8 +12,8 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, fields
 from typing import Any
 
+from mrdserve.models.data.baseline import METHODS
 from mrdserve.service.config import ServiceConfig
-from mrdserve.service.engine.plan import CLASSICAL_METHOD_NAMES as METHODS
 from mrdserve.service.outputs.ismrmrd_images import IMAGE_DTYPES
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")

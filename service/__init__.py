@@ -18,8 +18,10 @@ __all__ = [
     "pacs",
     "reader_warmup",
     "registry_cli",
+    "rest",
     "runners",
     "serve",
     "slow_clients",
     "spool",
+    "stream",
 ]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mrdserve.models.data.manifest import Manifest
 from mrdserve.models.data.manifest_schema import MANIFEST_FILE, verify_artifact
 
 if TYPE_CHECKING:  # torch-free at import time, so `mrdserve models` lists artifacts quickly
@@ -25,15 +26,15 @@ class Artifact:
     """A verified artifact directory and its manifest."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def name(self) -> str:
-        return str(self.manifest["name"])
+        return self.manifest.name
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.manifest.version
 
     @property
     def label(self) -> str:
@@ -53,7 +54,8 @@ def artifact_directories(roots: list[Path]) -> list[Path]:
 
 def load_artifacts(roots: list[Path] | None = None) -> list[Artifact]:
     """Verify and load every artifact under ``roots`` (default: the bundled ones); a bad one raises ValueError."""
-    return [Artifact(path, verify_artifact(path)) for path in artifact_directories(roots or [BUNDLED_ARTIFACTS])]
+    return [Artifact(path, Manifest.from_document(verify_artifact(path)))
+            for path in artifact_directories(roots or [BUNDLED_ARTIFACTS])]
 
 
 def _acceleration(sample: KSpaceSample) -> float:
@@ -70,19 +72,19 @@ def mismatch(artifact: Artifact, sample: KSpaceSample, envelope: bool = False) -
     from mrdserve.models.data.prepare import task_of
 
     manifest = artifact.manifest
-    constraints = manifest["constraints"]
+    constraints = manifest.constraints
     task = task_of(sample)
-    if manifest["task"] != task:
-        return f"task {task} (artifact serves {manifest['task']})"
+    if manifest.task != task:
+        return f"task {task} (artifact serves {manifest.task})"
     trajectory = sample.trajectory_type
-    if trajectory not in constraints["trajectory"]:
-        return f"trajectory {trajectory} (artifact accepts {', '.join(constraints['trajectory'])})"
+    if trajectory not in constraints.trajectory:
+        return f"trajectory {trajectory} (artifact accepts {', '.join(constraints.trajectory)})"
     checks = (("coils", sample.n_coils), ("matrix", max(sample.matrix)), ("acceleration", _acceleration(sample)))
     for key, value in checks:
-        bounds = constraints[key]
-        if not bounds["min"] <= value <= bounds["max"] + 1e-6:
-            return f"{key} {value:g} outside [{bounds['min']}, {bounds['max']}]"
-    return envelope_refusal(manifest, sample) if envelope else None
+        bounds = constraints.bounds(key)
+        if not bounds.contains(value):
+            return f"{key} {value:g} outside [{bounds.min}, {bounds.max}]"
+    return envelope_refusal(manifest.document, sample) if envelope else None
 
 
 def choose(artifacts: list[Artifact], sample: KSpaceSample, name: str | None = None) -> Artifact | None:

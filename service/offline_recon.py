@@ -13,34 +13,26 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import numpy as np
-import torch
 
-from mrdserve.models.data.baseline import METHODS, classical_reconstruction
+from mrdserve.models.data.baseline import METHODS
 from mrdserve.models.data.fastmri import read_fastmri
 from mrdserve.models.data.input_errors import InputError
 from mrdserve.models.data.ismrmrd_inspect import HDF5_ERRORS, unreadable
-from mrdserve.models.data.prepare import collate, output_to_image, prepare_sample
 from mrdserve.models.data.sample import KSpaceSample
 from mrdserve.service.admission import check_samples
-from mrdserve.service.artifacts import Artifact, load_artifacts
 from mrdserve.service.bounded_read import read_bounded
-from mrdserve.service.config import budget_from_env
-from mrdserve.service.engine.plan import CLASSICAL, Plan, plan_sample
-from mrdserve.service.engine.result import ReconResult
-from mrdserve.service.outputs.dicom import write_dicom_series
-from mrdserve.service.outputs.ismrmrd_images import write_ismrmrd_images
-from mrdserve.service.outputs.nifti import write_nifti
-from mrdserve.service.outputs.package import write_pngs
-from mrdserve.service.runners import RUNNER_KINDS, Runner, load_runner, resolve_device
-
-FORMATS = ("png", "dicom", "nifti", "ismrmrd")
+from mrdserve.service.config import ServiceConfig, budget_from_env
+from mrdserve.service.engine.batcher import ReconstructionError
+from mrdserve.service.engine.choice import Choice
+from mrdserve.service.engine.engine import Engine
+from mrdserve.service.outputs.formats import FORMAT_NAMES, write_outputs
+from mrdserve.service.runners import RUNNER_KINDS
 
 
 def add_recon_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="ISMRMRD HDF5 file (or a fastMRI HDF5 file)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output directory")
-    parser.add_argument("--format", choices=FORMATS, default="png", help="output format (default: png)")
+    parser.add_argument("--format", choices=FORMAT_NAMES, default="png", help="output format (default: png)")
     parser.add_argument("--artifact", default=None,
                         help="artifact name (or name-version) to use, or 'classical'; default: the first "
                              "artifact whose constraints fit each slice, else the classical baseline")
@@ -80,75 +72,26 @@ def read_input(path: Path, trajectory_units: str | None = None) -> tuple[Any, li
     return read_bounded(path, "dataset", budget_from_env(), trajectory_units)
 
 
-class OfflineReconstructor:
-    """Reconstructs samples with a fitting artifact (runners loaded once each) or the classical baseline."""
-
-    def __init__(self, artifacts: list[Artifact], artifact: str | None, runner: str, device: torch.device,
-                 method: str = "auto") -> None:
-        self.artifacts = artifacts
-        self.requested = artifact
-        self.runner_kind = runner
-        self.device = device
-        self.method = method
-        self._runners: dict[Path, Runner] = {}
-
-    def _runner(self, artifact: Artifact) -> Runner:
-        if artifact.path not in self._runners:
-            self._runners[artifact.path] = load_runner(artifact.path, self.runner_kind, self.device)
-        return self._runners[artifact.path]
-
-    def reconstruct(self, sample: KSpaceSample) -> tuple[torch.Tensor, str]:
-        """Magnitude image in recon space and the label of what made it (artifact label or classical method)."""
-        return self._reconstruct_with(sample, plan_sample(self.artifacts, sample, self.requested))
-
-    def _reconstruct_with(self, sample: KSpaceSample, plan: Plan) -> tuple[torch.Tensor, str]:
-        artifact = plan.artifact
-        if artifact is None:
-            result = classical_reconstruction(sample, method=self.method, device=self.device,
-                                              preferred=plan.classical_method)
-            return result.image, result.method
-        preparation = artifact.manifest["preparation"]
-        prepared = prepare_sample(sample, preparation["name"], preparation["params"], device=self.device)
-        output = self._runner(artifact).run(collate([prepared]))
-        image = output_to_image(output.to(prepared.scale.device), prepared.scale, prepared.recon_matrix)[0]
-        return image, artifact.label
-
-    def reconstruct_result(self, sample: KSpaceSample) -> ReconResult:
-        """``reconstruct`` as a ``ReconResult`` (what the output writers take), saying why a fallback was used."""
-        plan = plan_sample(self.artifacts, sample, self.requested)
-        image, label = self._reconstruct_with(sample, plan)
-        array = image.detach().cpu().numpy().astype(np.float32)
-        if plan.artifact is not None:
-            return ReconResult(array, sample, label, artifact=plan.artifact.name, version=plan.artifact.version)
-        return ReconResult(array, sample, f"classical:{label}", fallback_reason=plan.fallback_reason)
-
-
-def write_outputs(results: list[ReconResult], header: Any, fmt: str, out_dir: Path) -> list[Path]:
-    """Write ``results`` into ``out_dir``: PNGs or DICOM files one per slice, or one NIfTI / ISMRMRD file."""
-    if fmt == "png":
-        return write_pngs(results, out_dir)
-    if fmt == "dicom":
-        return write_dicom_series(results, header, out_dir)
-    if fmt == "nifti":
-        return [write_nifti(results, header, out_dir / "images.nii.gz")]
-    if fmt == "ismrmrd":
-        return [write_ismrmrd_images(results, header, out_dir / "images.h5")]
-    raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+def offline_engine(artifacts: list[Path] | None = None, runner: str = "auto", device: str = "cpu") -> Engine:
+    """An engine for reconstructions without a server: artifacts verified, each runner loaded when a sample first
+    needs it, no warm-up; ``reconstruct_sync`` is then the same pipeline the service runs."""
+    given = {"artifacts": artifacts or None, "runner": runner, "device": device, "warmup": False}
+    config = ServiceConfig(**{key: value for key, value in given.items() if value is not None})
+    return Engine(config, preload=False)
 
 
 def run_recon(args: argparse.Namespace) -> int:
     try:
         header, samples = read_input(args.input, args.trajectory_units)
-        artifacts = [] if args.artifact == CLASSICAL else load_artifacts(args.artifacts)
-        reconstructor = OfflineReconstructor(artifacts, args.artifact, args.runner, resolve_device(args.device),
-                                             args.method)
+        choice = Choice.of(args.artifact, args.method)
+        engine = offline_engine(args.artifacts, args.runner, args.device)
         args.output.mkdir(parents=True, exist_ok=True)
         results = []
         for sample in samples:
-            results.append(reconstructor.reconstruct_result(sample))
-            print(f"slice {sample.index.slice}: {results[-1].label.removeprefix('classical:')}")
+            results.extend(engine.reconstruct_sync([sample], choice))
+            print(f"slice {sample.index.slice}: {results[-1].method or results[-1].label}")
         written = write_outputs(results, header, args.format, args.output)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ReconstructionError) as exc:
         print(f"mrdserve recon: {exc}", file=sys.stderr)
         return 2
     print(f"reconstructed {len(samples)} image(s) from {args.input.name} into {args.output} "

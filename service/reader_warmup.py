@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mrdserve.models.data.ismrmrd_io import write_ismrmrd_cartesian
+from mrdserve.models.data.ismrmrd_write import write_ismrmrd_cartesian
 from mrdserve.service.admission import Budget, admit_file, check_samples
 
 

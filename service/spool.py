@@ -163,12 +163,20 @@ class JobSpool:
         job.state = QUEUED
         return self._write(job)
 
+    def requeue(self, job: Job) -> Job:
+        """A clean shutdown interrupted the running job: queued again to run after the restart, and the attempt
+        is not counted (only interruptions that were not a clean stop count towards ``MAX_ATTEMPTS``)."""
+        job.attempts = max(0, job.attempts - 1)
+        return self.mark_queued(job)
+
     def mark_running(self, job: Job) -> Job:
         job.state, job.attempts = RUNNING, job.attempts + 1
         return self._write(job)
 
-    def mark_succeeded(self, job: Job, result: Path, media_type: str, filename: str, slices: int) -> Job:
-        """Move the result into the job's directory, drop the input, and record success."""
+    def mark_succeeded(self, job: Job, result: Path, media_type: str, filename: str, slices: int,
+                       pacs: dict[str, Any] | None = None) -> Job:
+        """Move the result into the job's directory, drop the input, and record success (and the result's PACS
+        push, ``PushReport.public()``, when there was one)."""
         suffix = "".join(Path(filename).suffixes) or ".bin"
         target = self.jobs_dir / job.id / f"result{suffix}"
         shutil.move(str(result), target)
@@ -177,6 +185,7 @@ class JobSpool:
             SUCCEEDED, target.name, media_type, filename, slices)
         job.finished = time.time()
         job.error = job.error_status = None
+        job.pacs = pacs
         return self._write(job)
 
     def mark_failed(self, job: Job, reason: str, status: int = 500) -> Job:
@@ -202,8 +211,7 @@ class JobSpool:
                 self.mark_failed(job, f"the job was interrupted {job.attempts} times (the service stopped while "
                                       f"running it); it is not retried again", 500)
             else:
-                job.state = QUEUED
-                requeued.append(self._write(job))
+                requeued.append(self.mark_queued(job))
         for stale in self.incoming_dir.iterdir():  # uploads cut off by the restart were never accepted
             stale.unlink(missing_ok=True)
         return sorted(requeued, key=lambda j: j.created)

@@ -1,6 +1,7 @@
 """The distribution installs one namespace, ``mrdserve``: the wheel holds nothing else at its top level, every
 package folder of the repository is in it under ``mrdserve.``, and the command line and data files come along."""
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -30,6 +31,9 @@ def test_every_package_declares_its_public_api():
         source = (folder / "__init__.py").read_text()
         assert "__all__" in source, f"{package} declares no __all__"
         module = __import__(package, fromlist=["__all__"])
+        public = {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")} | {
+            p.name for p in folder.iterdir() if (p / "__init__.py").is_file()}
+        assert set(module.__all__) == public, f"{package}.__all__ does not list its public modules"
         for name in module.__all__:
             assert (folder / f"{name}.py").is_file() or (folder / name / "__init__.py").is_file() \
                 or hasattr(module, name), f"{package}.__all__ names {name!r}, which it does not hold"
@@ -37,9 +41,14 @@ def test_every_package_declares_its_public_api():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
-    out = tmp_path_factory.mktemp("wheel")
+    """The wheel, built from a copy of the sources (setuptools leaves a build/ folder where it builds)."""
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for top in TOP_LEVEL:
+        shutil.copytree(ROOT / top, source / top, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                            "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=300)
+                            "-w", str(out), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
     (path,) = out.glob("mrdserve-*.whl")
     return zipfile.ZipFile(path)

@@ -3,7 +3,10 @@
 # The public modules (imported on use, never here: importing the package stays cheap).
 __all__ = [
     "batcher",
+    "choice",
     "engine",
+    "engine_thread",
+    "pipeline",
     "plan",
     "result",
 ]

@@ -37,6 +37,16 @@ class ReconstructionError(RuntimeError):
     """A reconstruction failed; the message is safe to show to the client (no data, no stack)."""
 
 
+MAX_ERROR_CHARS = 300
+
+
+def failure(what: str, error: Exception) -> ReconstructionError:
+    """A ``ReconstructionError`` saying ``what`` failed, safe to show a client (type and a bounded message)."""
+    wrapped = ReconstructionError(f"{what} failed: {type(error).__name__}: {str(error)[:MAX_ERROR_CHARS]}")
+    wrapped.__cause__ = error
+    return wrapped
+
+
 @dataclass
 class Completed:
     """A finished job: its value and how long it queued and ran (seconds), and the size of its batch."""
@@ -207,6 +217,4 @@ class Batcher:
 def _as_reconstruction_error(error: Exception) -> ReconstructionError:
     if isinstance(error, ReconstructionError):
         return error
-    wrapped = ReconstructionError(f"reconstruction failed: {type(error).__name__}: {str(error)[:300]}")
-    wrapped.__cause__ = error
-    return wrapped
+    return failure("reconstruction", error)

@@ -5,45 +5,58 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from mrdserve.models.data.baseline import METHODS
 from mrdserve.models.data.envelope import best_classical
 from mrdserve.models.data.prepare import PreparedSample
 from mrdserve.models.data.sample import KSpaceSample
 from mrdserve.models.data.simulate import simulate_cartesian, simulate_noncartesian
 from mrdserve.models.physics.density import DENSITY_WEIGHTS
-from mrdserve.models.physics.nufft import trajectory_hash
 from mrdserve.service.artifacts import Artifact, choose, mismatch
+from mrdserve.service.engine.choice import AUTOMATIC, Choice, ChoiceMode
 
-CLASSICAL = "classical"
-CLASSICAL_METHOD_NAMES = METHODS  # the classical methods a request may name (models.data.baseline.METHODS)
+REQUESTED = "classical reconstruction requested"
+NO_ARTIFACTS = "no artifacts are loaded"
+
+
+def no_fit(reasons: str, config: str | None = None) -> str:
+    """The fallback reason when artifacts are loaded but none fits (``reasons`` per artifact)."""
+    reason = f"no artifact fits this data ({reasons})"
+    return reason if config is None else f"config {config!r}: {reason}"
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The artifact chosen for a sample, or None with the reason the classical fallback is used."""
+    """The artifact chosen for a sample, or None with the reason the classical fallback is used and its method
+    (``method`` as requested; ``classical_method`` the best one of the data's envelope cell, if one says)."""
 
     artifact: Artifact | None
     fallback_reason: str | None = None
-    classical_method: str | None = None  # the best classical method of the data's envelope cell, if one says
+    classical_method: str | None = None
+    method: str = "auto"
 
 
-def plan_sample(artifacts: list[Artifact], sample: KSpaceSample, requested: str | None = None) -> Plan:
-    """Choose by name (``requested``; ValueError when unknown or unfit), ``classical``, or by constraints."""
-    if requested == CLASSICAL:
-        return Plan(None, "classical reconstruction requested")
-    chosen = choose(artifacts, sample, requested)
+def plan_sample(artifacts: Sequence[Artifact], sample: KSpaceSample, choice: Choice = AUTOMATIC) -> Plan:
+    """The one planning step: ``choice`` (by name: ValueError when unknown or unfit; classical; among the
+    artifacts of some tasks; automatic) applied to ``sample``."""
+    if choice.mode is ChoiceMode.classical:
+        return Plan(None, REQUESTED, method=choice.method)
+    if choice.mode is ChoiceMode.artifact:
+        return Plan(choose(list(artifacts), sample, choice.artifact), method=choice.method)
+    candidates = [a for a in artifacts if choice.mode is ChoiceMode.automatic or a.manifest.task in choice.tasks]
+    chosen = choose(candidates, sample)
     if chosen is not None:
-        return Plan(chosen)
+        return Plan(chosen, method=choice.method)
     if not artifacts:
-        return Plan(None, "no artifacts are loaded")
-    reasons = "; ".join(f"{a.label}: {mismatch(a, sample, envelope=True)}" for a in artifacts)
-    winners = (best_classical(a.manifest, sample) for a in artifacts if mismatch(a, sample) is None)
-    return Plan(None, f"no artifact fits this data ({reasons})", next((m for m in winners if m), None))
+        return Plan(None, NO_ARTIFACTS, method=choice.method)
+    reasons = "; ".join(f"{a.label}: {mismatch(a, sample, envelope=True)}" for a in candidates) or \
+        f"none of task {', '.join(choice.tasks)}"
+    winners = (best_classical(a.manifest.document, sample) for a in candidates if mismatch(a, sample) is None)
+    config = choice.name if choice.mode is ChoiceMode.task else None
+    return Plan(None, no_fit(reasons, config), next((m for m in winners if m), None), choice.method)
 
 
 def batch_key(prepared: PreparedSample) -> Hashable:
@@ -60,8 +73,8 @@ class TrajectoryCacheTracker:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def seen_before(self, trajectory: torch.Tensor) -> bool:
-        key = trajectory_hash(trajectory)
+    def seen_before(self, key: str) -> bool:
+        """Whether a trajectory (its ``KSpaceSample.trajectory_key``, hashed once per slice) was seen recently."""
         with self._lock:
             hit = key in self._seen
             self._seen[key] = None
@@ -71,28 +84,25 @@ class TrajectoryCacheTracker:
         return hit
 
 
-def _clamp(value: float, bounds: dict) -> float:
-    return min(max(value, bounds["min"]), bounds["max"])
-
-
 def synthetic_sample(artifact: Artifact, seed: int = 0) -> KSpaceSample:
     """A noiseless simulated sample that fits ``artifact`` (at its training matrix where the manifest says)."""
     manifest = artifact.manifest
-    constraints = manifest["constraints"]
-    trained = manifest.get("equivalence", {}).get("sample", {}).get("matrix") or [64]
-    matrix = int(_clamp(max(trained), constraints["matrix"]))
-    coils = int(_clamp(8, constraints["coils"]))
-    acceleration = float(_clamp(4.0, constraints["acceleration"]))
-    task = manifest["task"]
+    constraints = manifest.constraints
+    matrix = int(constraints.matrix.clamp(max(manifest.trained_matrix or (64,))))
+    coils = int(constraints.coils.clamp(8))
+    acceleration = float(constraints.acceleration.clamp(4.0))
+    task = manifest.task
     if task.startswith("cartesian"):
         sim = simulate_cartesian(matrix, n_coils=coils, acceleration=acceleration, noise_level=0.0,
                                  readout_oversampling=1, with_noise_scan=False, seed=seed)
+        assert sim.mask is not None and sim.acs is not None  # a Cartesian simulation has both
         return KSpaceSample(kspace=sim.kspace[0], matrix=sim.matrix, recon_matrix=sim.matrix,
                             mask=sim.mask[:, None], acs_mask=sim.acs[:, None], acceleration=(round(acceleration),))
-    kind = constraints["trajectory"][0]
+    kind = constraints.trajectory[0]
     shape: tuple[int, ...] = (max(8, matrix // 4), matrix, matrix) if task == "noncartesian3d" else (matrix, matrix)
     sim = simulate_noncartesian(kind, shape, n_coils=coils, acceleration=acceleration, noise_level=0.0,
                                 with_noise_scan=False, seed=seed)
+    assert sim.trajectory is not None  # a non-Cartesian simulation has one
     accel = (round(acceleration),) * (2 if task == "noncartesian3d" else 1)
     return KSpaceSample(kspace=sim.kspace[0], matrix=sim.matrix, recon_matrix=sim.matrix, trajectory_type=kind,
                         trajectory=sim.trajectory.to(torch.float32), acceleration=accel)

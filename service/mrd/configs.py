@@ -18,13 +18,12 @@ A ``.xml`` suffix is ignored, names are case-insensitive. Anything else is an un
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from mrdserve.models.data.baseline import METHODS
 from mrdserve.service.artifacts import Artifact
+from mrdserve.service.engine.choice import CLASSICAL, Choice, ChoiceMode
 
 AUTOMATIC = ("default", "auto")
-CLASSICAL = "classical"
 TASK_CONFIGS: dict[str, tuple[str, ...]] = {
     "cartesian": ("cartesian2d-multicoil",),
     "noncartesian": ("noncartesian2d-multicoil", "noncartesian3d"),
@@ -38,26 +37,6 @@ class UnknownConfigError(ValueError):
     """The client asked for a config this server does not have."""
 
 
-@dataclass(frozen=True)
-class ConfigChoice:
-    """What a config name resolved to: ``mode`` is automatic, classical, task or artifact."""
-
-    name: str
-    mode: str
-    artifact: str | None = None  # the artifact label when mode is "artifact"
-    tasks: tuple[str, ...] = ()  # the tasks allowed when mode is "task"
-    method: str | None = None  # the classical method a method-named config asks for
-
-    def describe(self) -> str:
-        if self.mode == "artifact":
-            return f"config {self.name!r}: artifact {self.artifact}"
-        if self.mode == "task":
-            return f"config {self.name!r}: first fitting artifact of task {', '.join(self.tasks)}"
-        if self.mode == CLASSICAL:
-            return f"config {self.name!r}: classical reconstruction ({self.method or 'auto'})"
-        return f"config {self.name!r}: automatic choice from the header and data"
-
-
 def normalise(name: str) -> str:
     """A config name without surrounding blanks, NULs and a ``.xml`` suffix, lower case."""
     cleaned = name.strip("\x00 \t\r\n")
@@ -68,27 +47,27 @@ def normalise(name: str) -> str:
 
 def known_configs(artifacts: Sequence[Artifact]) -> list[str]:
     """Every name ``resolve`` accepts, for error messages and ``--help``."""
-    tasks = sorted({a.manifest["task"] for a in artifacts})
+    tasks = sorted({a.manifest.task for a in artifacts})
     return [*AUTOMATIC, CLASSICAL, *CLASSICAL_METHOD_CONFIGS, *TASK_CONFIGS, *tasks,
             *sorted({a.name for a in artifacts}),
             *sorted(a.label for a in artifacts)]
 
 
-def resolve(name: str, artifacts: Sequence[Artifact]) -> ConfigChoice:
-    """The choice a config name stands for; UnknownConfigError (listing the known names) otherwise."""
+def resolve(name: str, artifacts: Sequence[Artifact]) -> Choice:
+    """The engine's choice a config name stands for; UnknownConfigError (listing the known names) otherwise."""
     key = normalise(name)
     if key in AUTOMATIC:
-        return ConfigChoice(key, "automatic")
+        return Choice(name=key)
     if key == CLASSICAL:
-        return ConfigChoice(key, CLASSICAL)
+        return Choice(ChoiceMode.classical, name=key)
     if key in CLASSICAL_METHOD_CONFIGS:
-        return ConfigChoice(key, CLASSICAL, method=key)
+        return Choice(ChoiceMode.classical, method=key, name=key)
     if key in TASK_CONFIGS:
-        return ConfigChoice(key, "task", tasks=TASK_CONFIGS[key])
-    if key in {a.manifest["task"] for a in artifacts}:
-        return ConfigChoice(key, "task", tasks=(key,))
+        return Choice(ChoiceMode.task, tasks=TASK_CONFIGS[key], name=key)
+    if key in {a.manifest.task for a in artifacts}:
+        return Choice(ChoiceMode.task, tasks=(key,), name=key)
     named = [a for a in artifacts if key in (a.name.lower(), a.label.lower())]
     if named:
-        return ConfigChoice(key, "artifact", artifact=named[-1].label)
+        return Choice(ChoiceMode.artifact, artifact=named[-1].label, name=key)
     shown = name.strip("\x00 \t\r\n")[:200]
     raise UnknownConfigError(f"unknown config {shown!r}; known configs: {', '.join(known_configs(artifacts))}")

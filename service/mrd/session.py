@@ -1,11 +1,12 @@
 """One MRD connection: config, header, optional JSON parameters, acquisitions in, images out, always CLOSE.
 
-The state machine reads CONFIG_FILE or CONFIG_TEXT, then HEADER (or CLOSE: Gadgetron's noise-dependency
-query), waits (bounded) for the engine to be ready, resolves the config, then feeds every acquisition through
-one ``AcquisitionAssembler``. Each slice the assembler completes becomes an asyncio task that reconstructs it
-through the shared engine (its batcher batches across connections) and writes its image as soon as it is done,
-while reading goes on. Waveforms are counted and kept out, images from the client go back unchanged. At the
-client's CLOSE the assembler is flushed, outstanding slices are awaited and sent, a summary TEXT follows.
+The session reads CONFIG_FILE or CONFIG_TEXT, then HEADER (or CLOSE: Gadgetron's noise-dependency query), waits
+(bounded) for the engine to be ready, resolves the config into the engine's ``Choice``, then hands every
+data-phase message to the stream's ``StreamCore`` (``service.stream``, shared with the gadget). Each slice the
+core completes becomes an asyncio task that reconstructs it through the shared engine (its batcher batches across
+connections) and writes its image as soon as it is done, while reading goes on. Waveforms are counted and kept
+out, images from the client go back unchanged. At the client's CLOSE the core is flushed, outstanding slices are
+awaited and sent, a summary TEXT follows.
 
 Every ending sends CLOSE; an error (malformed stream, bad header, unknown config, failed slice) is sent first as a
 TEXT line starting with ``ERROR:``. TEXT lines and logs never carry names or ids from the header.
@@ -22,15 +23,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mrdserve.models.data.acquisitions import AcquisitionAssembler
 from mrdserve.models.data.baseline import METHODS
 from mrdserve.models.data.sample import KSpaceSample
-from mrdserve.service.admission import Budget, StreamBudget, admit_header, check_samples
+from mrdserve.service.admission import Budget
 from mrdserve.service.config import ServiceConfig
-from mrdserve.service.engine.plan import plan_sample
+from mrdserve.service.engine.choice import Choice
 from mrdserve.service.log import log_event
 from mrdserve.service.memory import release_memory
-from mrdserve.service.mrd.configs import CLASSICAL, ConfigChoice, UnknownConfigError, resolve
+from mrdserve.service.mrd.configs import UnknownConfigError, resolve
 from mrdserve.service.mrd.protocol import (
     Limits,
     MessageId,
@@ -41,13 +41,13 @@ from mrdserve.service.mrd.protocol import (
     encode_text,
     read_message,
 )
-from mrdserve.service.outputs.ismrmrd_images import IMAGE_DTYPES, to_ismrmrd_images
+from mrdserve.service.outputs.ismrmrd_images import IMAGE_DTYPES
+from mrdserve.service.stream import PassBack, StreamCore, reconstruct_with_retry
 
 logger = logging.getLogger("mrdserve.mrd")
 
 ENTRYPOINT = "mrd"
 ENGINE_WAIT_S = 120.0  # how long a session that arrives during start-up waits for the engine
-QUEUE_RETRY_S = 30.0  # how long a slice retries while the batch queue is full before the stream fails
 SEND_TIMEOUT_S = 30.0  # a client that stops reading for this long loses its stream
 READ_TIMEOUT_S = ServiceConfig.read_timeout_s  # a client that sends nothing for this long loses its stream
 DEFAULT_LIMITS = Limits()
@@ -121,16 +121,11 @@ class MrdSession:
         self.reader, self.writer, self.engine = reader, writer, engine
         self.limits, self.engine_wait_s, self.read_timeout_s = limits, engine_wait_s, read_timeout_s
         self.budget = budget or Budget()
-        self._stream_budget: StreamBudget | None = None
         self.id = f"mrd-{next(_session_ids)}"
-        self.counts = {"acquisitions": 0, "waveforms": 0, "images_in": 0, "texts": 0, "arrays": 0, "slices": 0,
-                       "images_out": 0}
-        self.choice: ConfigChoice | None = None
+        self.choice: Choice | None = None
         self.params = StreamParameters()
-        self.header: Any = None
-        self._assembler: AcquisitionAssembler | None = None
+        self.core: StreamCore | None = None
         self._write_lock = asyncio.Lock()
-        self._next_image_index = 1
         self._pending: set[asyncio.Task] = set()
         self._pending_bytes = 0  # k-space of slices waiting for or in reconstruction
         self._reader_task: asyncio.Task | None = None
@@ -173,8 +168,9 @@ class MrdSession:
             log_event(logger, "mrd_close", logging.WARNING if error else logging.INFO, session=self.id,
                       outcome=outcome, error=error, config=self.choice.name if self.choice else None,
                       labels=self._labels, duration_ms=round(1000 * (time.perf_counter() - started), 1),
-                      **self.counts)
-            self._assembler = None
+                      **(dict(self.core.counts) if self.core is not None else {}))
+            if self.core is not None:
+                self.core.release()
             release_memory()  # an unfinished slice's buffers go back to the system with the stream
 
     async def _serve(self) -> str:
@@ -196,16 +192,14 @@ class MrdSession:
         if second.id != MessageId.HEADER:
             raise SessionError(f"expected the ISMRMRD HEADER (3) after the config, got message id {second.id}")
         try:
-            self.header = admit_header(second.value, self.budget)  # strips trailing NULs (python-ismrmrd-server)
-            self._assembler = AcquisitionAssembler(self.header)
-            self._stream_budget = StreamBudget(self.header, self.budget)
+            self.core = StreamCore(second.value, self.budget)  # strips trailing NULs (python-ismrmrd-server)
         except (ValueError, TypeError) as error:
             raise SessionError(f"the HEADER is not a usable ISMRMRD header: {error}") from None
         await self._wait_for_engine()
         self.choice = self._resolve(config_name)
         await self._send(encode_text(f"mrdserve: {self.choice.describe()}"))
-        log_event(logger, "mrd_config", session=self.id, config=self.choice.name, mode=self.choice.mode,
-                  artifact=self.choice.artifact, trajectory=self._assembler.info.trajectory)
+        log_event(logger, "mrd_config", session=self.id, config=self.choice.name, mode=str(self.choice.mode),
+                  artifact=self.choice.artifact, trajectory=self.core.info.trajectory)
         self._reader_task = asyncio.create_task(self._read_data())
         try:
             await self._reader_task
@@ -240,7 +234,7 @@ class MrdSession:
                                    "(loading or warming up its artifacts, or it failed to start); retry later")
             await asyncio.sleep(0.05)
 
-    def _resolve(self, name: str) -> ConfigChoice:
+    def _resolve(self, name: str) -> Choice:
         try:
             return resolve(name, self.engine.artifacts)
         except UnknownConfigError as error:
@@ -248,49 +242,36 @@ class MrdSession:
 
     # ------------------------------------------------------------------------------------------- data phase
     async def _read_data(self) -> None:
-        assembler = self._assembler
-        assert assembler is not None
+        core = self.core
+        assert core is not None
         expecting_parameters = True
-        stream_budget = self._stream_budget
-        assert stream_budget is not None
         while True:
             message = await self._read()
-            kind = message.id
-            if kind == MessageId.TEXT and expecting_parameters:
+            if message.id == MessageId.TEXT and expecting_parameters:
                 await self._apply_parameters(message.value)
                 expecting_parameters = False
                 continue
             expecting_parameters = False
-            if kind == MessageId.ACQUISITION:
-                self.counts["acquisitions"] += 1
-                received = time.perf_counter()
-                try:
-                    acquisition = message.value
-                    stream_budget.check_acquisition(int(acquisition.active_channels),
-                                                    int(acquisition.number_of_samples))
-                    samples = assembler.add(acquisition)
-                    stream_budget.check_buffered(assembler.buffered_bytes)
-                    check_samples(samples)
-                except ValueError as error:
-                    raise SessionError(f"acquisition {self.counts['acquisitions']} cannot be used: {error}") \
-                        from None
-                for sample in samples:
-                    self._start_slice(sample, received, time.perf_counter() - received)
-                await self._hold_back(assembler.buffered_bytes)
-            elif kind == MessageId.CLOSE:
-                await self._finish(assembler)
+            if message.id == MessageId.CLOSE:
+                await self._finish(core)
                 return
-            elif kind == MessageId.WAVEFORM:
-                self.counts["waveforms"] += 1  # physiological signals: not part of the reconstruction
-            elif kind == MessageId.IMAGE:
-                self.counts["images_in"] += 1
-                await self._send(encode_object(message.value))  # images from the client go back unchanged
-            elif kind == MessageId.TEXT:
-                self.counts["texts"] += 1  # a client log line in the data phase
-            elif kind == MessageId.NDARRAY:
-                self.counts["arrays"] += 1  # not reconstructed; reported in the summary
-            else:
-                raise SessionError(f"message id {kind} ({MessageId(kind).name}) is not allowed after the header")
+            try:
+                actions = core.handle(message.id, message.value)
+            except ValueError as error:
+                raise SessionError(str(error)) from None
+            if actions is None:
+                raise SessionError(f"message id {message.id} ({MessageId(message.id).name}) is not allowed after "
+                                   f"the header")
+            await self._act(actions)
+            await self._hold_back(core.buffered_bytes)
+
+    async def _act(self, actions: list[Any]) -> None:
+        for action in actions:
+            if isinstance(action, PassBack):
+                await self._send(encode_object(action.value))
+                continue
+            for sample in action.samples:
+                self._start_slice(sample, action.received, action.assemble_s)
 
     async def _apply_parameters(self, text: str) -> None:
         params = parse_parameters(text)
@@ -298,39 +279,33 @@ class MrdSession:
             self.choice = self._resolve(params.config)
         if params.artifact is not None:
             self.choice = self._resolve(params.artifact)
+        assert self.choice is not None and self.core is not None
+        self.choice = self.choice.with_method(params.method)  # a method-named config keeps its method
         self.params = params
+        self.core.series_index, self.core.dtype = params.series_index, params.dtype
         note = f"; ignored unknown field(s): {', '.join(params.ignored)}" if params.ignored else ""
-        await self._send(encode_text(f"mrdserve: parameters accepted ({self.choice.describe()}, dtype "  # type: ignore[union-attr]
+        await self._send(encode_text(f"mrdserve: parameters accepted ({self.choice.describe()}, dtype "
                                      f"{params.dtype}, series_index {params.series_index}){note}"))
 
-    async def _finish(self, assembler: AcquisitionAssembler) -> None:
+    async def _finish(self, core: StreamCore) -> None:
         """The client's CLOSE: flush open slices, wait for every slice, send the summary."""
         try:
-            samples = assembler.finish(require_data=False)
-            check_samples(samples)
+            actions = core.finish()
         except ValueError as error:
-            raise SessionError(f"the stream's last slice cannot be used: {error}") from None
-        now = time.perf_counter()
-        for sample in samples:
-            self._start_slice(sample, now, 0.0)
+            raise SessionError(str(error)) from None
+        await self._act(actions)
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
         if self._failure is not None:
             return
-        if self.counts["slices"] == 0 and self.counts["images_in"] == 0:
-            noise = assembler.n_noise_scans
-            raise SessionError(f"the stream held no imaging data ({self.counts['acquisitions']} acquisitions, "
-                               f"{noise} noise scans, {sum(assembler.skipped.values())} skipped)")
-        skipped = ", ".join(f"{n} {what}" for what, n in sorted(assembler.skipped.items())) or "none"
-        await self._send(encode_text(
-            f"mrdserve: done: {self.counts['images_out']} image(s) from {self.counts['slices']} slice(s); "
-            f"{self.counts['acquisitions']} acquisitions ({assembler.n_noise_scans} noise scans, skipped: "
-            f"{skipped}), {self.counts['waveforms']} waveforms ignored, {self.counts['images_in']} images passed "
-            f"back, {self.counts['arrays']} arrays ignored"))
+        try:
+            core.check_had_data()
+        except ValueError as error:
+            raise SessionError(str(error)) from None
+        await self._send(encode_text(core.summary()))
 
     # ------------------------------------------------------------------------------------------- slices
     def _start_slice(self, sample: KSpaceSample, received: float, assemble_s: float) -> None:
-        self.counts["slices"] += 1
         size = sample.kspace.nbytes
         self._pending_bytes += size
         task = asyncio.create_task(self._reconstruct_slice(sample, received, assemble_s))
@@ -348,38 +323,15 @@ class MrdSession:
         while self._pending and self._pending_bytes + buffered_bytes > self.budget.max_request_bytes:
             await asyncio.wait(set(self._pending), return_when=asyncio.FIRST_COMPLETED)
 
-    def _method(self) -> str:
-        """The classical method: named by the config (e.g. ``grappa``), else by the JSON parameters."""
-        chosen = self.choice.method if self.choice is not None else None
-        return chosen or self.params.method
-
-    def _artifact_for(self, sample: KSpaceSample) -> tuple[str | None, str | None]:
-        """(the ``artifact`` argument of ``engine.reconstruct``, a fallback reason to report) for one slice."""
-        choice = self.choice
-        assert choice is not None
-        if choice.mode == "artifact":
-            return choice.artifact, None
-        if choice.mode == CLASSICAL:
-            return CLASSICAL, None
-        if choice.mode == "task":
-            candidates = [a for a in self.engine.artifacts if a.manifest["task"] in choice.tasks]
-            plan = plan_sample(candidates, sample)
-            if plan.artifact is None:
-                return CLASSICAL, f"config {choice.name!r}: {plan.fallback_reason}"
-            return plan.artifact.label, None
-        return None, None
-
     async def _reconstruct_slice(self, sample: KSpaceSample, received: float, assemble_s: float) -> None:
         where = f"slice {sample.index.slice} (contrast {sample.index.contrast}, repetition " \
                 f"{sample.index.repetition})"
         label = "none"
         inflight = self.engine.metrics.inflight_requests
         inflight.inc()
+        assert self.choice is not None
         try:
-            artifact, reason = self._artifact_for(sample)
-            result = (await self._engine_reconstruct(sample, artifact))[0]
-            if reason is not None:
-                result.fallback_reason = reason
+            [result] = await reconstruct_with_retry(self.engine, [sample], self.choice, self.id)
             label = str(result.label)
             reconstructed = time.perf_counter()
             await self._write_image(result)
@@ -402,30 +354,12 @@ class MrdSession:
         made_by = f"classical fallback ({result.fallback_reason})" if result.fallback_reason else label
         await self._send(encode_text(f"mrdserve: {where}: {made_by}; {timings} total={1000 * (sent - received):.1f}ms"))
 
-    async def _engine_reconstruct(self, sample: KSpaceSample, artifact: str | None) -> list[Any]:
-        from mrdserve.service.engine.batcher import QueueFullError, ShuttingDownError
-
-        deadline = time.monotonic() + QUEUE_RETRY_S
-        while True:
-            try:
-                return await self.engine.reconstruct([sample], artifact=artifact, request_id=self.id,
-                                                     method=self._method())
-            except ShuttingDownError:
-                raise
-            except QueueFullError as error:  # back-pressure: a stream waits rather than losing a slice
-                if time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(min(max(error.retry_after_s, 0.01), 0.25))
-
     async def _write_image(self, result: Any) -> None:
+        assert self.core is not None
         async with self._write_lock:
-            image = to_ismrmrd_images([result], self.header, self.params.series_index, self.params.dtype,
-                                      first_image_index=self._next_image_index)[0]
-            self._next_image_index += 1
-            self.writer.write(encode_object(image))
+            self.writer.write(encode_object(self.core.image(result)))
             async with asyncio.timeout(SEND_TIMEOUT_S):
                 await self.writer.drain()
-            self.counts["images_out"] += 1
 
     @staticmethod
     def _explain(error: Exception) -> str:

@@ -4,6 +4,7 @@
 __all__ = [
     "dicom",
     "dicom_header",
+    "formats",
     "geometry",
     "ismrmrd_images",
     "nifti",

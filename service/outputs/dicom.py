@@ -27,7 +27,7 @@ from mrdserve.service.outputs.dicom_header import (
     protocol_name,
 )
 from mrdserve.service.outputs.geometry import Plane, image_planes, plane_images
-from mrdserve.service.outputs.presentation import UINT16_MAX, describe, display_window, maker, to_uint16, uint16_slope
+from mrdserve.service.outputs.presentation import UINT16_MAX, describe, display_window, to_uint16, uint16_slope
 
 
 def _acquisition_time(result: ReconResult) -> str:
@@ -102,7 +102,7 @@ def _common_attributes(results: list[ReconResult], header: Any, series_descripti
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     add_patient_and_study(ds, header, now)
-    makers = sorted({maker(r) for r in results})
+    makers = sorted({r.maker for r in results})
     description = series_description or " ".join(filter(None, [protocol_name(header), "mrdserve", *makers]))
     number = series_number if series_number is not None else default_series_number(header)
     frame = header_frame_of_reference(header) or generate_uid()

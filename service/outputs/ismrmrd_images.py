@@ -16,7 +16,7 @@ import numpy as np
 
 from mrdserve.models.data.ismrmrd_header import header_to_xml
 from mrdserve.service.engine.result import ReconResult
-from mrdserve.service.outputs.presentation import describe, display_window, maker, to_uint16, uint16_slope
+from mrdserve.service.outputs.presentation import describe, display_window, to_uint16, uint16_slope
 
 IMAGE_DTYPES = ("float32", "uint16")
 
@@ -26,7 +26,7 @@ def _meta(result: ReconResult, window_center: float, window_width: float, slope:
     meta["DataRole"] = "Image"
     meta["ImageProcessingHistory"] = ["MRDSERVE"]
     meta["ImageComments"] = describe(result)
-    meta["SequenceDescriptionAdditional"] = f"mrdserve_{maker(result)}"
+    meta["SequenceDescriptionAdditional"] = f"mrdserve_{result.maker}"
     meta["WindowCenter"] = f"{window_center:.6g}"
     meta["WindowWidth"] = f"{window_width:.6g}"
     meta["Keep_image_geometry"] = "1"
@@ -61,9 +61,10 @@ def to_ismrmrd_images(results: list[ReconResult], header: Any = None, series_ind
     """One magnitude ``ismrmrd.Image`` per result (a 3D result stays one volume image), indices counted from
     ``first_image_index`` (streams that send one slice at a time continue the count).
 
-    ``dtype`` is ``float32`` (data units) or ``uint16`` (a series-wide slope, kept in meta as
-    ``RealWorldValueSlope``). ``header`` is accepted for symmetry with the other writers: the recon-space
-    field of view already sits in each sample's geometry.
+    ``dtype`` is ``float32`` (data units) or ``uint16`` (one slope over ``results``, kept in meta as
+    ``RealWorldValueSlope``); the display window too is one over ``results``: series-wide for a file, per image
+    for a stream, which sends each image alone as soon as it is made (``service.stream``). ``header`` is accepted
+    for symmetry with the other writers: the recon-space field of view already sits in each sample's geometry.
     """
     if dtype not in IMAGE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(IMAGE_DTYPES)}, got {dtype!r}")

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from mrdserve.service.engine.result import ReconResult
-from mrdserve.service.outputs.dicom import write_dicom_series
-from mrdserve.service.outputs.ismrmrd_images import write_ismrmrd_images
-from mrdserve.service.outputs.nifti import write_nifti
+from mrdserve.service.outputs.formats import OutputFormat, check_format, write_outputs
 from mrdserve.service.outputs.png import write_png
 
-PACKAGE_FORMATS = ("dicom", "nifti", "ismrmrd", "png")
+MEDIA_TYPES = {OutputFormat.dicom: "application/zip", OutputFormat.png: "application/zip",
+               OutputFormat.nifti: "application/gzip", OutputFormat.ismrmrd: "application/x-hdf5"}
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class Packaged:
 def output_stem(result: ReconResult) -> str:
     """A file-name stem naming the image's indices and its maker (artifact label or classical method)."""
     i = result.sample.index
-    maker = result.label.replace("classical:", "").replace("/", "_").replace(" ", "_")
+    maker = (result.method or result.label).replace("/", "_").replace(" ", "_")  # learned: name-version
     return f"slice{i.slice:03d}_contrast{i.contrast:02d}_rep{i.repetition:02d}_set{i.set:02d}_{maker}"
 
 
@@ -60,24 +59,15 @@ def package_results(results: list[ReconResult], header: Any, fmt: str, work_dir:
     dicom -> ``images-dicom.zip`` (one series), png -> ``images-png.zip``, nifti -> ``images.nii.gz``,
     ismrmrd -> ``images.h5`` (ISMRMRD images with the header).
     """
-    if fmt not in PACKAGE_FORMATS:
-        raise ValueError(f"format must be one of {', '.join(PACKAGE_FORMATS)}, got {fmt!r}")
+    chosen = check_format(fmt)
     if not results:
         raise ValueError("results: nothing to package (no images)")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    if fmt == "dicom":
-        series = work_dir / "dicom"
-        files = write_dicom_series(results, header, series)
-        path = _zip(files, series, work_dir / "images-dicom.zip")
-        return Packaged(path, "application/zip", path.name)
-    if fmt == "png":
-        previews = work_dir / "png"
-        files = write_pngs(results, previews)
-        path = _zip(files, previews, work_dir / "images-png.zip")
-        return Packaged(path, "application/zip", path.name)
-    if fmt == "nifti":
-        path = write_nifti(results, header, work_dir / "images.nii.gz")
-        return Packaged(path, "application/gzip", path.name)
-    path = write_ismrmrd_images(results, header, work_dir / "images.h5")
-    return Packaged(path, "application/x-hdf5", path.name)
+    if chosen in (OutputFormat.dicom, OutputFormat.png):  # a series of files, zipped
+        folder = work_dir / chosen.value
+        files = write_outputs(results, header, chosen, folder)
+        path = _zip(files, folder, work_dir / f"images-{chosen.value}.zip")
+    else:
+        (path,) = write_outputs(results, header, chosen, work_dir)
+    return Packaged(path, MEDIA_TYPES[chosen], path.name)

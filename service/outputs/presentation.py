@@ -16,16 +16,8 @@ def describe(result: ReconResult) -> str:
     """``<artifact> <version>`` for a learned image, ``classical <method> (fallback: <reason>)`` otherwise."""
     if result.is_learned:
         return f"{result.artifact} {result.version}" if result.version else str(result.artifact)
-    method = result.label.removeprefix("classical:").removeprefix("classical ") or "classical"
-    text = f"classical {method}"
+    text = f"classical {result.maker}"
     return f"{text} (fallback: {result.fallback_reason})" if result.fallback_reason else text
-
-
-def maker(result: ReconResult) -> str:
-    """A short token naming the maker (artifact name or classical method), for series descriptions."""
-    if result.is_learned:
-        return str(result.artifact)
-    return result.label.removeprefix("classical:").removeprefix("classical ") or "classical"
 
 
 @dataclass(frozen=True)

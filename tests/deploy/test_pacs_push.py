@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from mrdserve.models.data.ismrmrd_io import read_ismrmrd
 from mrdserve.service.api import create_app
 from mrdserve.service.config import ServiceConfig
+from mrdserve.service.engine.choice import Choice
 from mrdserve.service.engine.engine import Engine
 from mrdserve.service.metrics import ServiceMetrics
 from mrdserve.service.outputs.package import package_results
@@ -46,7 +47,7 @@ def acquisition(tmp_path_factory) -> Path:
 def reconstruction(acquisition):
     """Classical reconstructions of every slice (the engine's real path, no network needed)."""
     header, samples = read_ismrmrd(acquisition)
-    results = Engine(ServiceConfig(device="cpu", warmup=False)).reconstruct_sync(samples, artifact="classical")
+    results = Engine(ServiceConfig(device="cpu", warmup=False)).reconstruct_sync(samples, Choice.of("classical"))
     assert len(results) == SLICES
     return header, results
 
@@ -133,7 +134,7 @@ class RecordedEngine:
     def models(self) -> list[dict]:
         return []
 
-    async def reconstruct(self, samples, artifact=None, request_id="", method="auto"):
+    async def reconstruct(self, samples, choice=None, request_id=""):
         assert self.metrics.sample_value("mrdserve_inflight_requests") == 1
         return self.results
 

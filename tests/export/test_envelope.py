@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mrdserve.models.data.envelope import acceleration_of, bin_edges, bin_index, envelope_refusal, relative_noise
+from mrdserve.models.data.manifest import Manifest
 from mrdserve.models.data.manifest_schema import validate_manifest, verify_artifact
 from mrdserve.models.data.sample import KSpaceSample
 from mrdserve.models.data.simulate import simulate_cartesian
@@ -64,22 +65,23 @@ def _envelope(serve_r4: bool) -> dict:
 
 
 def _artifact(envelope: dict | None, name: str = "toy") -> Artifact:
-    manifest = {"name": name, "version": "1", "task": "cartesian2d-multicoil",
+    manifest = {"name": name, "version": "1", "task": "cartesian2d-multicoil", "network": {"name": "toy"},
+                "preparation": {"name": "cartesian-sense", "params": {}},
                 "constraints": {"trajectory": ["cartesian"], "coils": {"min": 2, "max": 64},
                                 "matrix": {"min": 16, "max": 512}, "acceleration": {"min": 1.0, "max": 8.0}},
                 "validation": {"model": {}, "baselines": {}}}
     if envelope is not None:
         manifest["validation"]["envelope"] = envelope
-    return Artifact(Path(f"/nonexistent/{name}"), manifest)
+    return Artifact(Path(f"/nonexistent/{name}"), Manifest.from_document(manifest))
 
 
 def test_refusal_reasons_name_the_cell_or_the_axis() -> None:
-    manifest = _artifact(_envelope(serve_r4=True)).manifest
+    manifest = _artifact(_envelope(serve_r4=True)).manifest.document
     assert envelope_refusal(manifest, _sample(64, 4, 4, 0.01)) is None
     assert "validated below l1-wavelet" in envelope_refusal(manifest, _sample(64, 4, 1, 0.01))
     assert "matrix 128 outside the validated range" in envelope_refusal(manifest, _sample(128, 4, 4, 0.01))
     assert "coils 8 outside" in envelope_refusal(manifest, _sample(64, 8, 4, 0.01))
-    assert "has no validation envelope" in envelope_refusal(_artifact(None).manifest, _sample(64, 4, 4, 0.01))
+    assert "has no validation envelope" in envelope_refusal(_artifact(None).manifest.document, _sample(64, 4, 4, 0.01))
 
 
 def test_automatic_choice_only_inside_served_cells_and_names_still_work() -> None:

@@ -35,7 +35,7 @@ class StreamEngine:
         self.ready = True
         self.artifacts: list[Any] = []
 
-    async def reconstruct(self, samples, artifact=None, request_id="", method="auto"):
+    async def reconstruct(self, samples, choice=None, request_id=""):
         return [ReconResult(image=np.ones(s.recon_matrix, np.float32), sample=s, label="fake-1") for s in samples]
 
 

@@ -50,8 +50,8 @@ def classical_results(samples: list[KSpaceSample], reason: str = "no artifact fi
     out = []
     for sample in samples:
         made = classical_reconstruction(sample, method="rss")
-        out.append(ReconResult(made.image.numpy().astype(np.float32), sample, f"classical:{made.method}",
-                               fallback_reason=reason))
+        out.append(ReconResult.classical(made.image.numpy().astype(np.float32), sample, made.method,
+                                          fallback_reason=reason))
     return out
 
 

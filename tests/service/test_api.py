@@ -17,6 +17,7 @@ from mrdserve.service.admission import Budget
 from mrdserve.service.api import create_app
 from mrdserve.service.config import ServiceConfig
 from mrdserve.service.engine.batcher import QueueFullError, ReconstructionError
+from mrdserve.service.engine.choice import AUTOMATIC
 from mrdserve.service.engine.result import ReconResult
 from mrdserve.service.metrics import ServiceMetrics
 
@@ -43,9 +44,10 @@ class FakeEngine:
     def models(self) -> list[dict]:
         return [{"name": "fake", "version": "1"}]
 
-    async def reconstruct(self, samples, artifact=None, request_id="", method="auto"):
+    async def reconstruct(self, samples, choice=AUTOMATIC, request_id=""):
         self.calls += 1
-        self.methods.append(method)
+        self.methods.append(choice.method)
+        artifact = choice.artifact
         await asyncio.sleep(self.delay_s)
         if self.fail_with is not None:
             raise self.fail_with
@@ -264,6 +266,25 @@ def test_not_ready_until_the_engine_started(tmp_path, cartesian):
 
 def test_samples_read_by_the_api_match_the_file(tmp_path, cartesian):
     _, samples = read_ismrmrd(cartesian)
-    from mrdserve.service.api import ingest
+    from mrdserve.service.rest.processing import ingest
     _, samples2 = ingest(cartesian, "dataset", Budget())
     assert len(samples2) == len(samples) and samples2[0].kspace.shape == samples[0].kspace.shape
+
+
+def test_async_job_waits_for_room_when_the_queue_is_full(tmp_path, cartesian):
+    class FullOnce(FakeEngine):
+        async def reconstruct(self, samples, choice=AUTOMATIC, request_id=""):
+            if self.calls == 0:
+                self.calls += 1
+                raise QueueFullError("queue of fake is full", 0.2)
+            return await super().reconstruct(samples, choice, request_id)
+
+    engine = FullOnce()
+    with _client(tmp_path, engine) as client:
+        job_id = client.post("/v1/reconstructions?mode=async", content=cartesian.read_bytes()).json()["id"]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and client.get(f"/v1/reconstructions/{job_id}").json()["state"] in (
+                "queued", "running"):
+            time.sleep(0.05)
+        status = client.get(f"/v1/reconstructions/{job_id}").json()
+        assert status["state"] == "succeeded" and status["attempts"] == 1 and engine.calls == 2

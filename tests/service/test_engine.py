@@ -1,6 +1,6 @@
 """The engine on real artifacts (the bundled ones when present, else a tiny exported NC-PDNet): ready after start,
-learned results equal to the offline reconstructor's, batching across requests, labelled classical fallback,
-clear errors, metrics per stage."""
+learned results of the asynchronous driver equal to the synchronous one's, batching across requests, labelled
+classical fallback, clear errors, metrics per stage."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from mrdserve.models.data.sample import KSpaceSample
 from mrdserve.models.data.simulate import simulate_noncartesian
 from mrdserve.service.artifacts import BUNDLED_ARTIFACTS, load_artifacts
 from mrdserve.service.config import ServiceConfig
+from mrdserve.service.engine.choice import Choice
 from mrdserve.service.engine.engine import Engine, ShuttingDownError
 from mrdserve.service.engine.plan import synthetic_sample
-from mrdserve.service.offline_recon import OfflineReconstructor
-from mrdserve.service.runners import resolve_device
+from mrdserve.service.offline_recon import offline_engine
 
 
 def _usable_bundled() -> bool:
@@ -24,7 +24,7 @@ def _usable_bundled() -> bool:
         found = load_artifacts([BUNDLED_ARTIFACTS]) if BUNDLED_ARTIFACTS.is_dir() else []
     except ValueError:  # an artifact being rewritten right now
         return False
-    return any(a.manifest["task"] == "noncartesian2d-multicoil" for a in found)
+    return any(a.manifest.task == "noncartesian2d-multicoil" for a in found)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,8 @@ def engine(loop, artifact_root):
 @pytest.fixture(scope="module")
 def radial(engine):
     """An artifact serving multicoil radial data and a few samples that fit it (one trajectory, several slices)."""
-    artifact = next(a for a in engine.artifacts if a.manifest["task"] == "noncartesian2d-multicoil"
-                    and "radial" in a.manifest["constraints"]["trajectory"])
+    artifact = next(a for a in engine.artifacts if a.manifest.task == "noncartesian2d-multicoil"
+                    and "radial" in a.manifest.constraints.trajectory)
     samples = [synthetic_sample(artifact, seed=seed) for seed in range(4)]
     return artifact, samples
 
@@ -71,18 +71,17 @@ def test_ready_after_start_and_models_listed(engine):
     assert all(m["runner"] == "torchscript" and m["device"] == "cpu" for m in listed)
     first = engine.artifacts[0]
     assert engine.metrics.sample_value("mrdserve_artifact_info", {
-        "name": first.name, "version": first.version, "task": first.manifest["task"],
-        "network": first.manifest["network"]["name"]}) == 1
+        "name": first.name, "version": first.version, "task": first.manifest.task,
+        "network": first.manifest.network}) == 1
 
 
 def test_learned_result_equals_the_offline_reconstructor(loop, engine, radial):
     artifact, samples = radial
     [result] = loop.run_until_complete(engine.reconstruct(samples[:1], request_id="r1"))
-    expected, label = OfflineReconstructor(engine.artifacts, None, "auto", resolve_device("cpu")).reconstruct(
-        samples[0])
+    [offline] = offline_engine(engine.config.artifacts).reconstruct_sync(samples[:1])
+    expected, label = offline.image, offline.label
     assert result.label == label == artifact.label and result.artifact == artifact.name
     assert result.fallback_reason is None and result.image.dtype == np.float32
-    expected = expected.numpy()
     assert result.image.shape == expected.shape
     assert np.abs(result.image - expected).max() <= 1e-5 * np.abs(expected).max()
     assert {"preparation", "queue", "inference"} <= set(result.timings)
@@ -118,14 +117,14 @@ def test_no_fitting_artifact_falls_back_to_classical_with_reason(loop, engine):
     assert result.label == "classical:l1-wavelet" and result.artifact is None and not result.is_learned
     assert "no artifact fits this data" in result.fallback_reason and "singlecoil" in result.fallback_reason
     assert result.image.shape == (32, 32) and np.isfinite(result.image).all()
-    [forced] = engine.reconstruct_sync([single_coil], artifact="classical")
+    [forced] = engine.reconstruct_sync([single_coil], Choice.of("classical"))
     assert forced.fallback_reason == "classical reconstruction requested"
 
 
 def test_unknown_artifact_is_a_clear_value_error(loop, engine, radial):
     with pytest.raises(ValueError, match="unknown artifact 'no-such-model'; known artifacts: "):
-        loop.run_until_complete(engine.reconstruct(radial[1][:1], artifact="no-such-model"))
-    [named] = loop.run_until_complete(engine.reconstruct(radial[1][:1], artifact=radial[0].name))
+        loop.run_until_complete(engine.reconstruct(radial[1][:1], Choice.of("no-such-model")))
+    [named] = loop.run_until_complete(engine.reconstruct(radial[1][:1], Choice.of(radial[0].name)))
     assert named.label == radial[0].label
 
 
@@ -158,7 +157,7 @@ def test_the_classical_path_is_bounded_like_a_queue(tmp_path):
     async def burst() -> list:
         await engine.start()
         try:
-            return await asyncio.gather(*(engine.reconstruct([sample], method="l1-wavelet") for _ in range(12)),
+            return await asyncio.gather(*(engine.reconstruct([sample], Choice(method="l1-wavelet")) for _ in range(12)),
                                         return_exceptions=True)
         finally:
             await engine.shutdown()

@@ -313,10 +313,10 @@ def test_a_slice_that_fails_ends_only_its_stream(server, inputs):
 def test_a_reconstruction_crash_ends_only_its_stream(server, inputs, monkeypatch):
     from mrdserve.service.engine.batcher import ReconstructionError
 
-    def crash(sample, reason, method="auto"):
+    def crash(sample, plan):
         raise ReconstructionError("injected failure")
 
-    monkeypatch.setattr(server.engine, "_classical", crash)
+    monkeypatch.setattr(server.engine.pipeline, "classical", crash)
     crashed = stream_file(inputs["cartesian"], HOST, server.port, config="classical")
     assert crashed.closed and len(crashed.errors) == 1 and "injected failure" in crashed.errors[0]
     fine = stream_file(inputs["cartesian"], HOST, server.port)  # the engine and the server carry on

@@ -15,15 +15,26 @@ from mrdserve.models.data.metrics import psnr, ssim
 from mrdserve.models.data.simulate import read_ground_truth, simulate_to_file
 from mrdserve.service.artifacts import BUNDLED_ARTIFACTS, choose, load_artifacts
 from mrdserve.service.cli import main
-from mrdserve.service.offline_recon import OfflineReconstructor
-from mrdserve.service.runners import resolve_device
+from mrdserve.service.engine.choice import Choice
+from mrdserve.service.offline_recon import offline_engine
 
 
 @pytest.fixture(scope="module")
 def artifacts():
     found = load_artifacts([BUNDLED_ARTIFACTS])
-    assert {a.manifest["task"] for a in found} >= {"cartesian2d-multicoil", "noncartesian2d-multicoil"}
+    assert {a.manifest.task for a in found} >= {"cartesian2d-multicoil", "noncartesian2d-multicoil"}
     return found
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return offline_engine([BUNDLED_ARTIFACTS])
+
+
+def _reconstruct(engine, sample, artifact=None):
+    """(image, label) as `mrdserve recon` makes them: the label is the artifact's, or the classical method."""
+    [result] = engine.reconstruct_sync([sample], Choice.of(artifact))
+    return result.image, result.method or result.label
 
 
 def _scaled(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -37,15 +48,15 @@ NETWORK = {"cartesian": "demo-xpdnet", "radial": "demo-ncpdnet-radial", "spiral"
 
 
 @pytest.mark.parametrize("trajectory", ["cartesian", "radial", "spiral"])
-def test_demo_artifact_beats_the_classical_baselines_on_held_out_data(tmp_path, artifacts, trajectory):
+def test_demo_artifact_beats_the_classical_baselines_on_held_out_data(tmp_path, artifacts, engine, trajectory):
     """Named, each network beats CG-SENSE; the automatic choice is never below the best classical method (it
     serves the network only inside its validated envelope, and then the network wins)."""
     path = tmp_path / f"{trajectory}.h5"
     simulate_to_file(path, trajectory=trajectory, coils=8, acceleration=4, matrix=96, noise=0.01, seed=12345)
     truth = read_ground_truth(path)[0].abs().numpy()
     sample = read_ismrmrd(path)[1][0]
-    named, _ = OfflineReconstructor(artifacts, NETWORK[trajectory], "auto", resolve_device("cpu")).reconstruct(sample)
-    learned = _scaled(named.numpy(), truth)
+    named, _ = _reconstruct(engine, sample, NETWORK[trajectory])
+    learned = _scaled(named, truth)
     cg_sense = _scaled(classical_reconstruction(sample, method="cg-sense").image.numpy(), truth)
     plain = _scaled(classical_reconstruction(sample, method="rss").image.numpy(), truth)
     psnr_margin, ssim_margin = MARGINS[trajectory]
@@ -53,10 +64,10 @@ def test_demo_artifact_beats_the_classical_baselines_on_held_out_data(tmp_path, 
     assert ssim(truth, learned) > ssim(truth, cg_sense) + ssim_margin
     assert psnr(truth, learned) > psnr(truth, plain) + 5.0
     kind = "cartesian" if trajectory == "cartesian" else "noncartesian"
-    image, label = OfflineReconstructor(artifacts, None, "auto", resolve_device("cpu")).reconstruct(sample)
+    image, label = _reconstruct(engine, sample)
     chosen = choose(artifacts, sample)
     assert label == chosen.label if chosen is not None else label in CLASSICAL_METHODS[kind] or label == "rss"
-    automatic = _scaled(image.numpy(), truth)
+    automatic = _scaled(image, truth)
     best = max(psnr(truth, _scaled(classical_reconstruction(sample, m).image.numpy(), truth))
                for m in CLASSICAL_METHODS[kind])
     assert psnr(truth, automatic) > best - 0.5
@@ -92,14 +103,14 @@ def test_unknown_or_unfit_artifact_is_a_clear_error(tmp_path, artifacts, capsys)
     simulate_to_file(path, trajectory="cartesian", coils=8, acceleration=4, matrix=96, seed=5)
     assert main(["recon", str(path), "-o", str(tmp_path), "--artifact", "no-such-model"]) == 2
     assert "unknown artifact 'no-such-model'" in capsys.readouterr().err
-    radial = next(a for a in artifacts if a.manifest["task"] == "noncartesian2d-multicoil")
+    radial = next(a for a in artifacts if a.manifest.task == "noncartesian2d-multicoil")
     assert main(["recon", str(path), "-o", str(tmp_path), "--artifact", radial.name]) == 2
     assert "does not fit this data: task cartesian2d-multicoil" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(shutil.which("ismrmrd_generate_cartesian_shepp_logan") is None,
                     reason="Debian ismrmrd-tools not installed")
-def test_reference_generator_file_gives_a_sensible_image(tmp_path, artifacts):
+def test_reference_generator_file_gives_a_sensible_image(tmp_path, engine):
     path = tmp_path / "generated.h5"
     subprocess.run(["ismrmrd_generate_cartesian_shepp_logan", "-m", "96", "-c", "8", "-a", "4", "-w", "16",
                     "-n", "0.01", "-o", str(path)], check=True, capture_output=True, cwd=tmp_path)
@@ -109,8 +120,8 @@ def test_reference_generator_file_gives_a_sensible_image(tmp_path, artifacts):
         stored = np.asarray(f["dataset/phantom"])[0]  # compound (real, imag) float32
         phantom = np.abs(stored["real"] + 1j * stored["imag"])
     sample = read_ismrmrd(path)[1][0]
-    image, _ = OfflineReconstructor(artifacts, "demo-xpdnet", "auto", resolve_device("cpu")).reconstruct(sample)
-    correlation = np.corrcoef(image.numpy().ravel(), phantom.ravel())[0, 1]
+    image, _ = _reconstruct(engine, sample, "demo-xpdnet")
+    correlation = np.corrcoef(image.ravel(), phantom.ravel())[0, 1]
     zero_filled = classical_reconstruction(sample, method="rss").image.numpy()
     assert correlation > 0.9
     assert correlation > np.corrcoef(zero_filled.ravel(), phantom.ravel())[0, 1]

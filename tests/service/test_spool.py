@@ -95,3 +95,21 @@ def test_malformed_ids_and_corrupt_status_are_unknown(tmp_path):
     (spool.jobs_dir / job.id / "status.json").write_text("{not json")
     assert spool.get(job.id) is None
     assert json.loads(json.dumps(spool.mark_running(spool.create(_upload(spool), {})).public()))["state"] == RUNNING
+
+
+def test_a_job_requeued_by_a_clean_shutdown_does_not_count_the_attempt(tmp_path):
+    spool = JobSpool(tmp_path, max_bytes=10_000, ttl_s=60)
+    job = spool.mark_running(spool.create(_upload(spool), {}))
+    assert job.attempts == 1
+    spool.requeue(job)
+    stored = spool.get(job.id)
+    assert stored.state == QUEUED and stored.attempts == 0 and spool.input_path(stored).is_file()
+
+
+def test_a_succeeded_job_records_its_pacs_push(tmp_path):
+    spool = JobSpool(tmp_path, max_bytes=10_000, ttl_s=60)
+    job = spool.mark_running(spool.create(_upload(spool), {}))
+    result = tmp_path / "out.zip"
+    result.write_bytes(b"zip")
+    spool.mark_succeeded(job, result, "application/zip", "images.zip", slices=1, pacs={"outcome": "ok"})
+    assert spool.get(job.id).public()["pacs"] == {"outcome": "ok"}
