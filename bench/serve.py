@@ -69,7 +69,7 @@ class Direct:
 
     def pipeline(self, i: int) -> float:
         started = time.perf_counter()
-        header, samples = ingest(self.path, "dataset")
+        header, samples = ingest(self.path, "dataset", self.config.budget)
         results = self.loop.run_until_complete(self.engine.reconstruct(samples))
         package(results, header, "png", self.work / f"direct{i}")
         return time.perf_counter() - started
@@ -162,12 +162,12 @@ def main() -> None:
         tmp_path = Path(tmp)
         path = simulate(tmp_path / "radial.h5")
         measured = measure(path, tmp_path)
-    ms = {name: [1000 * v for v in measured[name]] for name in ("engine", "processing", "rest")}
+    ms = {name: [1000 * v for v in measured[name]] for name in ("engine", "pipeline", "rest")}
     print(f"workload: 1 radial slice per request (96x96, 8 coils, R=4), artifact {measured['label']}, PNG output, "
           f"max_batch {measured['max_batch']}, CPUs {os.cpu_count()}")
     print(f"{'per-slice latency (ms)':<44}{'p50':>9}{'p95':>9}")
     for name, title in (("engine", "engine.reconstruct (samples in memory)"),
-                        ("processing", "read + engine + package (in process)"), ("rest", "REST POST over loopback")):
+                        ("pipeline", "read + engine + package (in process)"), ("rest", "REST POST over loopback")):
         print(f"{title:<44}{statistics.median(ms[name]):>9.2f}{percentile(ms[name], 0.95):>9.2f}")
     overhead = statistics.median(ms["rest"]) - statistics.median(ms["pipeline"])
     over_engine = statistics.median(ms["rest"]) - statistics.median(ms["engine"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -113,9 +114,9 @@ class GadgetSession:
         self.core = StreamCore(self.connection.header_text, settings.service_config().budget,
                                prewhiten=settings.prewhiten, trajectories=GADGET_TRAJECTORIES,
                                pass_back=PASSED_BACK, ignored=(MessageId.TEXT,), series_index=settings.series_index,
-                               dtype=settings.image_dtype)
+                               dtype=settings.image_dtype, adapt_readout=True)
         if self.run_samples is None:
-            self.run_samples = self._engine_runner(Choice.of(settings.artifact_choice, settings.method))
+            self.run_samples = self._engine_runner(settings.choice)
         while True:
             message = self.connection.read()
             if message.id == MessageId.CLOSE:
@@ -126,12 +127,15 @@ class GadgetSession:
             self._act(self._handle(message.id, message.value))
 
     def _engine_runner(self, choice: Choice) -> Callable[[Sequence[KSpaceSample]], list[ReconResult]]:
-        """The engine call: the shared engine's batchers, from this blocking thread."""
+        """The engine call: the shared engine's batchers, from this blocking thread. A chain waits for its
+        slices as long as they take (no request timeout; back-pressure when the queue is full), as Gadgetron
+        waits for any gadget; the read timeout still ends a stream whose peer stops sending."""
         engine = self.engine if self.engine is not None else shared_engine(self.settings or GadgetSettings())
         thread = engine_thread(engine)
 
         def run_samples(samples: Sequence[KSpaceSample]) -> list[ReconResult]:
-            return thread.call(reconstruct_with_retry(engine, list(samples), choice, self.id))
+            return thread.call(reconstruct_with_retry(engine, list(samples), choice, self.id, retry_s=math.inf,
+                                                      timeout_s=math.inf))
 
         return run_samples
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from mrdserve.models.data.baseline import METHODS
 from mrdserve.service.config import ServiceConfig
+from mrdserve.service.engine.choice import Choice
 from mrdserve.service.outputs.ismrmrd_images import IMAGE_DTYPES
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -50,8 +51,10 @@ class GadgetSettings:
             raise ValueError(f"gadget property series_index must be >= 0, got {self.series_index}")
 
     @property
-    def artifact_choice(self) -> str | None:
-        return None if self.artifact.strip().lower() in ("", "auto", "default") else self.artifact.strip()
+    def choice(self) -> Choice:
+        """What reconstructs the stream's slices: ``artifact`` (empty, ``auto`` or ``default``: chosen from the
+        header) and ``method``, as the engine's ``Choice``."""
+        return Choice.of(self.artifact, self.method)
 
     def service_config(self) -> ServiceConfig:
         """Engine configuration: these properties over ``MRDSERVE_*`` variables over the defaults."""

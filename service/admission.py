@@ -136,9 +136,9 @@ def check_one_image(header: Any, channels: int, budget: Budget) -> None:
 
 def check_readout(info: Any, samples: int) -> None:
     """Refuse Cartesian readouts longer than twice the encoded readout (no placement can hold them)."""
-    if info.trajectory in ("cartesian", "epi") and samples > info.encoded_matrix[0] * 2:
+    if info.trajectory in ("cartesian", "epi") and samples > info.encoded_matrix.x * 2:
         raise InputError(f"an acquisition holds {samples} samples, more than twice the encoded readout of "
-                         f"{info.encoded_matrix[0]}", "inconsistent_data")
+                         f"{info.encoded_matrix.x}", "inconsistent_data")
 
 
 def declared_slices(header: Any) -> int:

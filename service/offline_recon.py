@@ -49,11 +49,6 @@ def add_recon_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device: auto, cpu, cuda, cuda:0 ...")
 
 
-def read_samples(path: Path, trajectory_units: str | None = None) -> list[KSpaceSample]:
-    """Read every sample of an ISMRMRD file, or of a fastMRI file (recognised by its `kspace` dataset)."""
-    return read_input(path, trajectory_units)[1]
-
-
 def read_input(path: Path, trajectory_units: str | None = None) -> tuple[Any, list[KSpaceSample]]:
     """The ISMRMRD header (a fastMRI file's embedded one, or None) and every sample of an input file."""
     if not path.is_file():

@@ -62,17 +62,21 @@ def _named(error: ValueError, where: str) -> ValueError:
 
 
 IGNORED_COUNTS = {MessageId.WAVEFORM: "waveforms", MessageId.TEXT: "texts", MessageId.NDARRAY: "arrays"}
+COUNTS = ("acquisitions", "slices", "images_out", "passed_back", *IGNORED_COUNTS.values())
 QUEUE_RETRY_S = 30.0  # how long a stream's slice retries while the batch queue is full before the stream fails
 
 
-async def reconstruct_with_retry(engine: Any, samples: list[KSpaceSample], choice: Choice,
-                                 request_id: str) -> list[ReconResult]:
+async def reconstruct_with_retry(engine: Any, samples: list[KSpaceSample], choice: Choice, request_id: str, *,
+                                 retry_s: float = QUEUE_RETRY_S,
+                                 timeout_s: float | None = None) -> list[ReconResult]:
     """``engine.reconstruct`` for a stream: while the queue is full a stream waits (back-pressure) rather than
-    losing a slice, for up to ``QUEUE_RETRY_S``; a shutting-down engine fails at once."""
-    deadline = time.monotonic() + QUEUE_RETRY_S
+    losing a slice, for up to ``retry_s`` (``math.inf``: as long as it takes); a shutting-down engine fails at once.
+    ``timeout_s`` bounds each attempt (None: the engine's ``request_timeout_s``; ``math.inf``: no bound)."""
+    deadline = time.monotonic() + retry_s
     while True:
         try:
-            return await engine.reconstruct(samples, choice, request_id=request_id)
+            kwargs = {} if timeout_s is None else {"timeout_s": timeout_s}
+            return await engine.reconstruct(samples, choice, request_id=request_id, **kwargs)
         except ShuttingDownError:
             raise
         except QueueFullError as error:
@@ -86,7 +90,7 @@ def header_for_readout(header: Any, number_of_samples: int) -> Any:
     (Gadgetron's RemoveROOversampling shortens the readouts but leaves the header as it was)."""
     info = encoding_info(header)
     after = info.readout_length_after_oversampling
-    if info.trajectory not in ("cartesian", "epi") or not number_of_samples <= after < info.encoded_matrix[0]:
+    if info.trajectory not in ("cartesian", "epi") or not number_of_samples <= after < info.encoded_matrix.x:
         return header
     adapted = parse_header(header_to_xml(header))
     encoded = adapted.encoding[0].encodedSpace
@@ -100,7 +104,9 @@ class StreamCore:
 
     ``pass_back`` are the message ids that go back unchanged (images always; the gadget also passes waveforms
     down its chain), ``ignored`` those counted and dropped (the MRD server drops waveforms, log TEXT lines and
-    NDArrays). ``handle`` returns None for a message id it does not take, which the caller handles or refuses.
+    NDArrays). ``adapt_readout`` (the gadget) takes the header's encoded readout from the first imaging readout
+    when an upstream gadget already removed the oversampling (``header_for_readout``); an MRD client sends what
+    its header says. ``handle`` returns None for a message id it does not take, which the caller handles or refuses.
     Errors are ``ValueError``s (``InputError``/``LimitError``) whose text names the acquisition and what is wrong.
     """
 
@@ -108,16 +114,17 @@ class StreamCore:
                  trajectories: tuple[str, ...] = SUPPORTED_TRAJECTORIES,
                  pass_back: tuple[int, ...] = (MessageId.IMAGE,),
                  ignored: tuple[int, ...] = (MessageId.WAVEFORM, MessageId.TEXT, MessageId.NDARRAY),
-                 series_index: int = 1, dtype: str = "float32") -> None:
+                 series_index: int = 1, dtype: str = "float32", adapt_readout: bool = False) -> None:
         self.header = admit_header(header, budget, trajectories=trajectories)
         self.info = encoding_info(self.header)
         self.budget = StreamBudget(self.header, budget)
         self.prewhiten = prewhiten
         self.pass_back = pass_back
         self.ignored = ignored
+        self.adapt_readout = adapt_readout
         self.series_index = series_index
         self.dtype = dtype
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter(dict.fromkeys(COUNTS, 0))  # every count in the logs, zeros too
         self._assembler: AcquisitionAssembler | None = None
         self._pending_noise: list[ismrmrd.Acquisition] = []  # before the first readout says the header to use
         self._headers_by_readout: dict[int, Any] = {}
@@ -160,7 +167,8 @@ class StreamCore:
             if acquisition.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
                 self._pending_noise.append(acquisition)  # the assembler's header depends on the first data readout
                 return []
-            header = self.header_for_readout(int(acquisition.number_of_samples))
+            header = (self.header_for_readout(int(acquisition.number_of_samples)) if self.adapt_readout
+                      else self.header)
             self._assembler = AcquisitionAssembler(header, prewhiten=self.prewhiten)
             for noise in self._pending_noise:
                 self._assembler.add(noise)

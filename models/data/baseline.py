@@ -161,18 +161,18 @@ def _cartesian(sample: KSpaceSample, method: str, device: torch.device, n_iter: 
 def _noncartesian(sample: KSpaceSample, method: str, device: torch.device, n_iter: int) -> torch.Tensor:
     if sample.trajectory is None:
         raise ValueError(f"{method}: a non-Cartesian reconstruction needs the sample's trajectory")
-    trajectory = sample.trajectory.to(device)
+    trajectory, key = sample.trajectory.to(device), sample.trajectory_key  # hashed once per sample
     if sample.density is None:
-        density = pipe_menon_density(trajectory, sample.matrix, device=device)
+        density = pipe_menon_density(trajectory, sample.matrix, device=device, trajectory_key=key)
     else:  # the acquisition's own weights (e.g. ISMRMRD's third trajectory column) come in any scale
-        density = normalise_density(sample.density.to(device), trajectory, sample.matrix)
+        density = normalise_density(sample.density.to(device), trajectory, sample.matrix, trajectory_key=key)
     density = density.to(device)  # the weights both operators below hold
     data = sample.kspace.to(device).unsqueeze(0)
-    coil_op = NufftOp(trajectory, sample.matrix, density=density)
+    coil_op = NufftOp(trajectory, sample.matrix, density=density, trajectory_key=key)
     if method == "adjoint":
         return rss(coil_op.adjoint_coils(data * density), dim=1)[0]
     smaps = None if sample.n_coils == 1 else sensitivities_noncartesian(data, coil_op)
-    op = NufftOp(trajectory, sample.matrix, smaps=smaps, density=density)
+    op = NufftOp(trajectory, sample.matrix, smaps=smaps, density=density, trajectory_key=key)
     rhs = op.weighted_adjoint(data)
 
     def normal(x: torch.Tensor) -> torch.Tensor:

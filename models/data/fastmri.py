@@ -102,11 +102,11 @@ def read_fastmri(path: str | Path, remove_oversampling: bool = True) -> FastMRIV
     info: EncodingInfo | None = encoding_info(header) if header is not None else None
     reference_t = None if reference is None else torch.from_numpy(_swap_last(reference).astype(np.float32))
 
-    if remove_oversampling and info is not None and info.encoded_fov[0] > info.recon_fov[0] * (1 + 1e-6):
-        length = max(1, round(n_readout * info.recon_fov[0] / info.encoded_fov[0]))
+    if remove_oversampling and info is not None and info.encoded_fov.x > info.recon_fov.x * (1 + 1e-6):
+        length = max(1, round(n_readout * info.recon_fov.x / info.encoded_fov.x))
         ours = remove_readout_oversampling(ours, length)
     if info is not None:
-        recon_matrix = (info.recon_matrix[1], info.recon_matrix[0])
+        recon_matrix = info.recon_matrix.image_shape(three_d=False)
         geometry = Geometry(field_of_view=info.recon_fov)
     else:
         ny, nx = (reference_t if reference_t is not None else ours).shape[-2:]

@@ -65,11 +65,6 @@ class Manifest:
     def validation(self) -> Mapping[str, Any]:
         return self.document.get("validation", {})
 
-    @property
-    def envelope(self) -> Mapping[str, Any] | None:
-        """The validation envelope (cells where the artifact beat the best classical method), if measured."""
-        return self.validation.get("envelope")
-
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> Manifest:
         """Parse a manifest that ``manifest_schema.verify_artifact`` accepted."""

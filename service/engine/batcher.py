@@ -204,17 +204,15 @@ class Batcher:
             return [(True, value) for value in values]
         except Exception as error:  # any failure is isolated per job below
             if len(payloads) == 1:
-                return [(False, _as_reconstruction_error(error))]
+                return [(False, self._failure(error))]
         outcomes: list[tuple[bool, Any]] = []
         for payload in payloads:
             try:
                 outcomes.append((True, self.run_batch([payload])[0]))
             except Exception as error:
-                outcomes.append((False, _as_reconstruction_error(error)))
+                outcomes.append((False, self._failure(error)))
         return outcomes
 
-
-def _as_reconstruction_error(error: Exception) -> ReconstructionError:
-    if isinstance(error, ReconstructionError):
-        return error
-    return failure("reconstruction", error)
+    def _failure(self, error: Exception) -> ReconstructionError:
+        """``error`` as the client sees it: "reconstruction with <artifact> failed: ..." (as the direct driver)."""
+        return error if isinstance(error, ReconstructionError) else failure(f"reconstruction with {self.name}", error)

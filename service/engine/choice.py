@@ -13,7 +13,7 @@ from enum import StrEnum
 from mrdserve.models.data.baseline import check_method
 
 CLASSICAL = "classical"  # the artifact name that asks for the classical reconstruction
-AUTOMATIC_NAMES = ("", "auto", "default")  # artifact names that mean "choose from the header and data"
+AUTOMATIC_NAMES = ("", "default", "auto")  # artifact names that mean "choose from the header and data"
 
 
 class ChoiceMode(StrEnum):

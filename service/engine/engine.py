@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -150,7 +151,7 @@ class Engine:
 
         Raises ValueError (unfit artifact, data the preparation rejects; an ``InputError`` for bad data),
         QueueFullError (back-pressure, 503), TimeoutError (after ``timeout_s``, default
-        ``config.request_timeout_s``) and ReconstructionError.
+        ``config.request_timeout_s``; ``math.inf``: none) and ReconstructionError.
         """
         if not self.ready:
             raise ShuttingDownError("the engine is not ready (loading artifacts or shutting down)", 5.0)
@@ -163,7 +164,7 @@ class Engine:
         timeout = self.config.request_timeout_s if timeout_s is None else timeout_s
         tasks = [asyncio.ensure_future(self._reconstruct_one(s, p)) for s, p in zip(samples, plans, strict=True)]
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(None if math.isinf(timeout) else timeout):
                 return list(await asyncio.gather(*tasks))
         except TimeoutError:
             raise TimeoutError(f"reconstruction did not finish within {timeout:g} s") from None

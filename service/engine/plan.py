@@ -22,10 +22,9 @@ REQUESTED = "classical reconstruction requested"
 NO_ARTIFACTS = "no artifacts are loaded"
 
 
-def no_fit(reasons: str, config: str | None = None) -> str:
+def no_fit(reasons: str) -> str:
     """The fallback reason when artifacts are loaded but none fits (``reasons`` per artifact)."""
-    reason = f"no artifact fits this data ({reasons})"
-    return reason if config is None else f"config {config!r}: {reason}"
+    return f"no artifact fits this data ({reasons})"
 
 
 @dataclass(frozen=True)
@@ -46,17 +45,24 @@ def plan_sample(artifacts: Sequence[Artifact], sample: KSpaceSample, choice: Cho
         return Plan(None, REQUESTED, method=choice.method)
     if choice.mode is ChoiceMode.artifact:
         return Plan(choose(list(artifacts), sample, choice.artifact), method=choice.method)
-    candidates = [a for a in artifacts if choice.mode is ChoiceMode.automatic or a.manifest.task in choice.tasks]
-    chosen = choose(candidates, sample)
+    if choice.mode is ChoiceMode.task:  # among the artifacts of some tasks; the reason names the config
+        candidates = [a for a in artifacts if a.manifest.task in choice.tasks]
+        chosen = choose(candidates, sample)
+        if chosen is not None:
+            return Plan(chosen, method=choice.method)
+        reason = no_fit(_refusals(candidates, sample)) if candidates else NO_ARTIFACTS
+        return Plan(None, f"config {choice.name!r}: {reason}", method=choice.method)
+    chosen = choose(list(artifacts), sample)
     if chosen is not None:
         return Plan(chosen, method=choice.method)
     if not artifacts:
         return Plan(None, NO_ARTIFACTS, method=choice.method)
-    reasons = "; ".join(f"{a.label}: {mismatch(a, sample, envelope=True)}" for a in candidates) or \
-        f"none of task {', '.join(choice.tasks)}"
-    winners = (best_classical(a.manifest.document, sample) for a in candidates if mismatch(a, sample) is None)
-    config = choice.name if choice.mode is ChoiceMode.task else None
-    return Plan(None, no_fit(reasons, config), next((m for m in winners if m), None), choice.method)
+    winners = (best_classical(a.manifest.document, sample) for a in artifacts if mismatch(a, sample) is None)
+    return Plan(None, no_fit(_refusals(artifacts, sample)), next((m for m in winners if m), None), choice.method)
+
+
+def _refusals(artifacts: Sequence[Artifact], sample: KSpaceSample) -> str:
+    return "; ".join(f"{a.label}: {mismatch(a, sample, envelope=True)}" for a in artifacts)
 
 
 def batch_key(prepared: PreparedSample) -> Hashable:

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 
 from mrdserve.models.data.baseline import METHODS
 from mrdserve.service.artifacts import Artifact
-from mrdserve.service.engine.choice import CLASSICAL, Choice, ChoiceMode
+from mrdserve.service.engine.choice import AUTOMATIC_NAMES, CLASSICAL, Choice, ChoiceMode
 
-AUTOMATIC = ("default", "auto")
+AUTOMATIC_CONFIGS = tuple(name for name in AUTOMATIC_NAMES if name)  # default, auto
 TASK_CONFIGS: dict[str, tuple[str, ...]] = {
     "cartesian": ("cartesian2d-multicoil",),
     "noncartesian": ("noncartesian2d-multicoil", "noncartesian3d"),
@@ -48,7 +48,7 @@ def normalise(name: str) -> str:
 def known_configs(artifacts: Sequence[Artifact]) -> list[str]:
     """Every name ``resolve`` accepts, for error messages and ``--help``."""
     tasks = sorted({a.manifest.task for a in artifacts})
-    return [*AUTOMATIC, CLASSICAL, *CLASSICAL_METHOD_CONFIGS, *TASK_CONFIGS, *tasks,
+    return [*AUTOMATIC_CONFIGS, CLASSICAL, *CLASSICAL_METHOD_CONFIGS, *TASK_CONFIGS, *tasks,
             *sorted({a.name for a in artifacts}),
             *sorted(a.label for a in artifacts)]
 
@@ -56,7 +56,7 @@ def known_configs(artifacts: Sequence[Artifact]) -> list[str]:
 def resolve(name: str, artifacts: Sequence[Artifact]) -> Choice:
     """The engine's choice a config name stands for; UnknownConfigError (listing the known names) otherwise."""
     key = normalise(name)
-    if key in AUTOMATIC:
+    if key in AUTOMATIC_CONFIGS:
         return Choice(name=key)
     if key == CLASSICAL:
         return Choice(ChoiceMode.classical, name=key)

@@ -38,7 +38,7 @@ def write_outputs(results: list[ReconResult], header: Any, fmt: str, out_dir: Pa
 
         return write_dicom_series(results, header, out_dir)
     if chosen is OutputFormat.png:
-        from mrdserve.service.outputs.package import write_pngs
+        from mrdserve.service.outputs.png import write_pngs
 
         return write_pngs(results, out_dir)
     if chosen is OutputFormat.nifti:

@@ -9,7 +9,6 @@ from typing import Any
 
 from mrdserve.service.engine.result import ReconResult
 from mrdserve.service.outputs.formats import OutputFormat, check_format, write_outputs
-from mrdserve.service.outputs.png import write_png
 
 MEDIA_TYPES = {OutputFormat.dicom: "application/zip", OutputFormat.png: "application/zip",
                OutputFormat.nifti: "application/gzip", OutputFormat.ismrmrd: "application/x-hdf5"}
@@ -22,28 +21,6 @@ class Packaged:
     path: Path
     media_type: str
     filename: str
-
-
-def output_stem(result: ReconResult) -> str:
-    """A file-name stem naming the image's indices and its maker (artifact label or classical method)."""
-    i = result.sample.index
-    maker = (result.method or result.label).replace("/", "_").replace(" ", "_")  # learned: name-version
-    return f"slice{i.slice:03d}_contrast{i.contrast:02d}_rep{i.repetition:02d}_set{i.set:02d}_{maker}"
-
-
-def write_pngs(results: list[ReconResult], out_dir: Path) -> list[Path]:
-    """One PNG preview per 2D image (per partition of a 3D volume); names say the indices and the maker."""
-    out_dir = Path(out_dir)
-    paths = []
-    for result in results:
-        stem = output_stem(result)
-        if result.sample.index.phase:
-            stem = f"{stem}_phase{result.sample.index.phase:02d}"
-        if result.image.ndim == 3:
-            paths += [write_png(plane, out_dir / f"{stem}_z{z:03d}.png") for z, plane in enumerate(result.image)]
-        else:
-            paths.append(write_png(result.image, out_dir / f"{stem}.png"))
-    return paths
 
 
 def _zip(files: list[Path], root: Path, path: Path) -> Path:

@@ -69,3 +69,17 @@ def test_a_sample_is_frozen_and_moves_as_a_new_sample():
     assert moved is not sample and moved.trajectory_type == sample.trajectory_type
     assert torch.equal(moved.kspace, sample.kspace) and torch.equal(moved.trajectory, sample.trajectory)
     assert moved.density is None and moved.trajectory_key == sample.trajectory_key
+
+
+@pytest.mark.parametrize("method", ["adjoint", "cg-sense"])
+def test_the_classical_path_reuses_the_sample_key(hashed, method):
+    """The classical non-Cartesian reconstruction hashes no full trajectory again (coil sensitivities may hash
+    the small centre of k-space they calibrate on)."""
+    from mrdserve.models.data.baseline import classical_reconstruction
+
+    sample = _radial_sample()
+    full = tuple(sample.trajectory.shape)
+    sample.trajectory_key  # noqa: B018  # hashed here, once
+    hashed.clear()
+    classical_reconstruction(sample, method=method)
+    assert full not in hashed, f"the full trajectory was hashed again: {hashed}"

@@ -49,5 +49,5 @@ def test_config_is_a_valid_chain(path):
     configuration = external.find("configuration")
     properties = {p.get("name"): p.get("value") for p in configuration.findall("property")}
     settings = GadgetSettings.from_properties(properties)
-    assert settings.artifact_choice == ("demo-xpdnet" if "xpdnet" in path.name else None)
+    assert settings.choice.artifact == ("demo-xpdnet" if "xpdnet" in path.name else None)
     assert settings == GadgetSettings.from_config_text(ElementTree.tostring(configuration, encoding="unicode"))
