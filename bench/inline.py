@@ -8,9 +8,14 @@ queue + inference); overhead = latency - engine time is what the streaming path 
 oversampling removal and prewhitening; the image header and meta; the socket both ways). As a cross-check the
 same samples go through ``engine.reconstruct`` directly in the same run.
 
+With a real Gadgetron (``MRDSERVE_GADGETRON`` = its prefix, or on PATH; ``bash ../shared/gadgetron/install.sh``)
+the same scans also go through Gadgetron's own port and a raw ``<execute>`` chain with our gadget
+(``mrdserve_xpdnet.xml`` / ``mrdserve_ncpdnet.xml``): the Gadgetron hop is its per-slice latency minus the MRD
+server's (p50/p95, the first slice apart: it includes starting the gadget's Python process).
+
     .venv/bin/python bench/inline.py [--slices 24] [--device cpu]
 
-Last line: ``inline_overhead_ms_p50=<x> ...``.
+Last line: ``inline_overhead_ms_p50=<x> ... [gadgetron_hop_ms_p50=<x> gadgetron_hop_ms_p95=<x> ...]``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mrdserve.gadgets.gadgetron_host import GadgetronServer, gadgetron_prefix
 from mrdserve.models.data.ismrmrd_io import read_acquisitions, read_ismrmrd
 from mrdserve.models.data.simulate import simulate_to_file
 from mrdserve.service.config import ServiceConfig
@@ -45,6 +51,10 @@ from mrdserve.service.mrd.protocol import (
 from mrdserve.service.mrd.server import MrdServer
 
 HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "gadgets" / "config"
+GADGETRON_CHAINS = {"cartesian": "mrdserve_xpdnet.xml", "radial": "mrdserve_ncpdnet.xml"}
+STORAGE_STANDIN = ROOT.parent / "shared" / "gadgetron" / "storage_standin.py"
 _STAGE = re.compile(r"(preparation|queue|inference)=([0-9.]+)ms")
 
 
@@ -65,15 +75,20 @@ class Background:
         self.thread.stop()
 
 
-def stream_slice_by_slice(port: int, path: Path) -> list[tuple[float, float, str]]:
-    """(latency s, engine s, label) per slice, each slice's image awaited before the next slice is sent."""
+def slice_groups(path: Path) -> tuple[str, list[list[ismrmrd.Acquisition]]]:
+    """The header and the acquisitions of a file, one group per slice (noise scans with the first)."""
     xml, acquisitions = read_acquisitions(path)
     groups: list[list[ismrmrd.Acquisition]] = [[]]
     for acq in acquisitions:
         groups[-1].append(acq)
         if acq.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
             groups.append([])
-    groups = [g for g in groups if g]
+    return xml, [g for g in groups if g]
+
+
+def stream_slice_by_slice(port: int, path: Path) -> list[tuple[float, float, str]]:
+    """(latency s, engine s, label) per slice, each slice's image awaited before the next slice is sent."""
+    xml, groups = slice_groups(path)
     rows = []
     with socket.create_connection((HOST, port), timeout=120) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -99,6 +114,59 @@ def stream_slice_by_slice(port: int, path: Path) -> list[tuple[float, float, str
         while read_message_blocking(stream.read).id != MessageId.CLOSE:
             pass
     return rows
+
+
+def gadgetron_latencies(port: int, path: Path, chain: Path) -> list[float]:
+    """Seconds per slice, last acquisition sent -> image received, through Gadgetron's port and ``chain``."""
+    xml, groups = slice_groups(path)
+    latencies = []
+    with socket.create_connection((HOST, port), timeout=120) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream = sock.makefile("rb")
+        sock.sendall(encode_text(chain.read_text(), MessageId.CONFIG_TEXT) + encode_text(xml, MessageId.HEADER))
+        for group in groups:
+            sock.sendall(b"".join(encode_object(acq) for acq in group))
+            sent = time.perf_counter()
+            while True:
+                message = read_message_blocking(stream.read)
+                if message.id == MessageId.IMAGE:
+                    latencies.append(time.perf_counter() - sent)
+                    break
+                if message.id in (MessageId.ERROR, MessageId.CLOSE):
+                    raise RuntimeError(f"Gadgetron: {message.value}")
+        sock.sendall(encode_close())
+        while read_message_blocking(stream.read).id != MessageId.CLOSE:
+            pass
+    return latencies
+
+
+def gadgetron_rows(work: Path, scans: dict[str, Path], mrd_p50_ms: dict[str, float]) -> dict[str, float]:
+    """The Gadgetron row: per scan, latency through a real Gadgetron chain vs through our MRD server."""
+    prefix = gadgetron_prefix()
+    if prefix is None or not STORAGE_STANDIN.is_file():
+        print("no Gadgetron (MRDSERVE_GADGETRON or gadgetron on PATH, and ../shared/gadgetron): row skipped")
+        return {}
+    server = GadgetronServer(prefix, work, STORAGE_STANDIN)
+    figures: dict[str, float] = {}
+    hops: list[float] = []
+    try:
+        print(f"{'scan':<10} {'Gadgetron chain':<28} {'first slice':>12} {'latency p50':>12} {'latency p95':>12} "
+              f"{'hop p50':>9}")
+        for trajectory, path in scans.items():
+            chain = CONFIGS / GADGETRON_CHAINS[trajectory]
+            latencies = [1000 * s for s in gadgetron_latencies(server.port, path, chain)]
+            steady = latencies[1:]
+            hop = [lat - mrd_p50_ms[trajectory] for lat in steady]
+            hops += hop
+            print(f"{trajectory:<10} {chain.name:<28} {latencies[0]:>9.0f} ms {statistics.median(steady):>9.1f} ms "
+                  f"{percentile(steady, 95):>9.1f} ms {statistics.median(hop):>6.1f} ms")
+            figures[f"gadgetron_{trajectory}_first_slice_ms"] = latencies[0]
+            figures[f"gadgetron_{trajectory}_latency_ms_p50"] = statistics.median(steady)
+    finally:
+        server.stop()
+    print("hop = latency through Gadgetron + <execute> gadget - latency through our MRD server (p50), per slice")
+    return {"gadgetron_hop_ms_p50": statistics.median(hops), "gadgetron_hop_ms_p95": percentile(hops, 95),
+            **figures}
 
 
 def direct_engine_times(background: Background, path: Path) -> list[float]:
@@ -128,9 +196,10 @@ def main() -> int:
     print(f"device {background.engine.device}, {args.slices} slices per scan, 96x96, 8 coils, R=4, loopback")
     print(f"{'scan':<10} {'artifact':<28} {'latency p50':>12} {'engine p50':>11} {'overhead p50':>13} "
           f"{'overhead p90':>13} {'direct engine p50':>18}")
+    scans: dict[str, Path] = {}
     try:
         for trajectory in ("cartesian", "radial"):
-            path = work / f"{trajectory}.h5"
+            path = scans[trajectory] = work / f"{trajectory}.h5"
             simulate_to_file(path, trajectory, coils=8, acceleration=4, matrix=96, slices=args.slices, seed=11)
             stream_slice_by_slice(background.server.port, path)  # a first pass warms the per-trajectory caches
             rows = stream_slice_by_slice(background.server.port, path)
@@ -150,6 +219,8 @@ def main() -> int:
             summary[f"{trajectory}_direct_engine_ms_p50"] = 1000 * statistics.median(direct)
     finally:
         background.stop()
+    gadgetron = gadgetron_rows(work, scans, {t: summary[f"{t}_latency_ms_p50"] for t in scans})
+    summary.update(gadgetron)
     head = statistics.median(all_overheads)
     print(f"overhead = latency - (preparation + queue + inference) per slice; target <= 10 ms at p50: "
           f"{'met' if head <= 10 else 'NOT met'}")

@@ -3,6 +3,8 @@
 # The public modules (imported on use, never here: importing the package stays cheap).
 __all__ = [
     "connection",
+    "gadgetron_host",
+    "launcher_guard",
     "listen",
     "recon_data",
     "reconstruct",

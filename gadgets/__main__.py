@@ -1,14 +1,16 @@
-"""``python -m mrdserve.gadgets listen [--port 9100]`` (for ``<connect port=.../>``) and
-``python -m mrdserve.gadgets connect PORT`` (what Gadgetron's ``<execute>`` launcher does), without the
-``gadgetron`` package."""
+"""``python -m mrdserve.gadgets listen [--port 9100]`` (for ``<connect port=.../>``),
+``python -m mrdserve.gadgets connect PORT`` (what Gadgetron's ``<execute>`` launcher does, without the ``gadgetron``
+package) and ``python -m mrdserve.gadgets install-guard [--remove]`` (``gadgets.launcher_guard``)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from mrdserve.gadgets.connection import DEFAULT_READ_TIMEOUT_S
+from mrdserve.gadgets.launcher_guard import write_guard
 from mrdserve.gadgets.listen import Listener, connect_back, preload
 from mrdserve.gadgets.settings import GadgetSettings
 
@@ -24,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     connect = commands.add_parser("connect", help="connect to Gadgetron's port and serve one stream")
     connect.add_argument("port", type=int)
     connect.add_argument("--host", default="localhost")
+    guard = commands.add_parser("install-guard", help="guard Gadgetron's `python -m gadgetron` launcher against "
+                                                       "spinning when Gadgetron closes during the handshake")
+    guard.add_argument("--remove", action="store_true", help="remove the guard instead")
+    guard.add_argument("--site-packages", type=Path, default=None,
+                       help="where to write it (default: this environment's site-packages)")
     for sub in (listen, connect):
         sub.add_argument("--artifact", default=None, help="artifact name or label (default: chosen from header)")
         sub.add_argument("--artifacts", default=None, help="artifact directories, ':'-separated")
@@ -36,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "install-guard":
+        path = write_guard(args.site_packages, remove=args.remove)
+        print(f"{'removed' if args.remove else 'wrote'} {path}")
+        return 0
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     given = {name: getattr(args, name) for name in ("artifact", "artifacts", "device") if getattr(args, name)}
     # Command-line settings apply only when given; otherwise each stream's CONFIG decides.

@@ -34,7 +34,11 @@ def _replace_xml(path: Path, text: str) -> None:
 
 
 def _with_patient(text: str) -> str:
-    info = f"<subjectInformation><patientName>{PATIENT_NAME}</patientName></subjectInformation>"
+    """The header with ``PATIENT_NAME`` as its patient name (the first element of subjectInformation)."""
+    name = f"<patientName>{PATIENT_NAME}</patientName>"
+    if "<subjectInformation>" in text:
+        return text.replace("<subjectInformation>", "<subjectInformation>" + name, 1)
+    info = f"<subjectInformation>{name}</subjectInformation>"
     return text.replace("<measurementInformation>", info + "<measurementInformation>", 1)
 
 

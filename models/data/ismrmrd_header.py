@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import ismrmrd
 from ismrmrd import xsd
 
 from mrdserve.models.data.input_errors import InputError
@@ -179,6 +178,28 @@ def _limit_type(minimum: int, maximum: int, center: int) -> Any:
     return xsd.limitType(minimum=int(minimum), maximum=int(maximum), center=int(center))
 
 
+# The XML header version of the ISMRMRD schema our headers follow: ISMRMRD 1.14 (its ISMRMRD_XMLHDR_VERSION is the
+# library's minor version). Gadgetron 4.7, built on ISMRMRD 1.14, refuses to pass a header with another version to
+# an external gadget. Reading accepts any version (and none).
+XML_HEADER_VERSION = 14
+SYNTHETIC_DEVICE = "00000"  # the "device serial number" of synthetic measurements
+
+
+@dataclass(frozen=True)
+class ScanIdentifiers:
+    """The ids a scanner writes into a header: patient, study and measurement (``device_patient_study_scan``)."""
+
+    patient: str
+    study: str
+    measurement: str
+
+
+def synthetic_identifiers(scan_number: int) -> ScanIdentifiers:
+    """Obviously synthetic ids in the form scanners use, for simulated files (never real patient data)."""
+    patient, study = f"PHANTOM{scan_number:05d}", f"{scan_number:08d}"
+    return ScanIdentifiers(patient, study, f"{SYNTHETIC_DEVICE}_{patient}_{study}_{scan_number}")
+
+
 def build_header(
     matrix: Sequence[int],
     recon_matrix: Sequence[int] | None = None,
@@ -196,8 +217,13 @@ def build_header(
     system_model: str = "synthetic",
     field_strength_t: float = 1.5,
     protocol_name: str | None = None,
+    scan_number: int = 1,
 ) -> Any:
     """An ISMRMRD header (xsd object) for one encoding; matrices/FOVs are (x, y[, z]), x = readout.
+
+    It carries the XML header version of the ISMRMRD schema it follows (``XML_HEADER_VERSION``) and synthetic
+    but scanner-like identifiers (``synthetic_identifiers(scan_number)``): Gadgetron's NoiseAdjust, for one,
+    needs a patient and a measurement id.
 
     ``encoding_limits`` maps limit names (``kspace_encoding_step_1``, ``slice``, ``repetition`` ...) to
     (minimum, maximum, center); step-1/2 limits default to the full encoded matrix with center N//2.
@@ -260,10 +286,14 @@ def build_header(
     if trajectory_units is not None:
         user_parameters = xsd.userParametersType(userParameterString=[
             xsd.userParameterStringType(name=TRAJECTORY_UNITS_PARAMETER, value=trajectory_units)])
+    ids = synthetic_identifiers(scan_number)
     return xsd.ismrmrdHeader(
-        version=int(getattr(ismrmrd, "ISMRMRD_VERSION_MAJOR", 1)),
+        version=XML_HEADER_VERSION,
+        subjectInformation=xsd.subjectInformationType(patientID=ids.patient),
+        studyInformation=xsd.studyInformationType(studyID=ids.study),
         measurementInformation=xsd.measurementInformationType(
-            patientPosition=xsd.patientPositionType.HFS, protocolName=protocol_name),
+            measurementID=ids.measurement, patientPosition=xsd.patientPositionType.HFS,
+            protocolName=protocol_name),
         acquisitionSystemInformation=xsd.acquisitionSystemInformationType(
             systemVendor=system_vendor, systemModel=system_model,
             systemFieldStrength_T=float(field_strength_t), receiverChannels=int(n_coils)),

@@ -1,6 +1,7 @@
 """DICOM output: MR Image Storage files whose geometry, pixels, UIDs and patient/study fields are right, and
 that the dicom3tools validator reports no errors for."""
 
+import dataclasses
 import shutil
 import subprocess
 
@@ -76,7 +77,11 @@ def test_series_uids_are_consistent_and_instances_unique(tmp_path, cartesian):
     assert all(ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID for ds in files)
     assert "classical rss (fallback: no artifact fits this data)" in files[0].ImageComments
     # defaults when the header has no patient: anonymous but present
-    assert str(files[0].PatientName).startswith("Anonymous") and files[0].PatientID == "ANONYMOUS"
+    anonymous = dataclasses.replace(header, subjectInformation=None)
+    [unnamed] = [pydicom.dcmread(p) for p in write_dicom_series(classical_results(samples[:1]), anonymous,
+                                                                tmp_path / "anonymous")]
+    assert str(unnamed.PatientName).startswith("Anonymous") and unnamed.PatientID == "ANONYMOUS"
+    assert files[0].PatientID == "PHANTOM00001"  # a simulated header's synthetic patient id
     again = pydicom.dcmread(write_dicom_series(classical_results(samples[:1]), header, tmp_path / "b")[0])
     assert again.SeriesInstanceUID != files[0].SeriesInstanceUID
 
