@@ -14,6 +14,7 @@ __all__ = [
     "metrics",
     "mrd",
     "offline_recon",
+    "openrecon",
     "outputs",
     "pacs",
     "reader_warmup",

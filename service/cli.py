@@ -52,6 +52,11 @@ COMMANDS: dict[str, Command] = {
     "stream": Command("mrdserve.service.mrd.client", "add_stream_arguments", "run_stream",
                       "stream an ISMRMRD file to an MRD server and save the images",
                       "Send the acquisitions of INPUT to an MRD server (ours or Gadgetron) and write the images."),
+    "openrecon": Command("mrdserve.service.openrecon", "add_openrecon_arguments", "run_openrecon",
+                         "write the Siemens OpenRecon image label (metadata, UI parameters) and Dockerfile stage",
+                         "Describe this MRD server for OpenRecon: raw data in, images out, the UI parameters "
+                         "(artifact, classical method, image data type, series index), as the base64 JSON image "
+                         "label OpenRecon reads and a Dockerfile stage that carries it."),
 }
 
 def build_parser(load: Sequence[str] | None = None) -> argparse.ArgumentParser:

@@ -180,7 +180,9 @@ class MrdSession:
             return "empty"  # connected and closed: nothing to do but answer CLOSE
         if first.id not in (MessageId.CONFIG_FILE, MessageId.CONFIG_TEXT):
             raise SessionError(f"expected CONFIG_FILE (1) or CONFIG_TEXT (2) first, got message id {first.id}")
-        config_name = first.value if first.id == MessageId.CONFIG_FILE else self._config_text_name(first.value)
+        given = None if first.id == MessageId.CONFIG_FILE else self._config_text_parameters(first.value)
+        config_name = first.value if first.id == MessageId.CONFIG_FILE else \
+            (given.config or "default") if given is not None else self._config_text_name(first.value)
         second = await self._read()
         if second.id == MessageId.CLOSE:
             # Noise-dependency query: a config, then CLOSE before any header. Gadgetron (HeaderConnection ->
@@ -198,6 +200,8 @@ class MrdSession:
         await self._wait_for_engine()
         self.choice = self._resolve(config_name)
         await self._send(encode_text(f"mrdserve: {self.choice.describe()}"))
+        if given is not None:
+            await self._apply(given)
         log_event(logger, "mrd_config", session=self.id, config=self.choice.name, mode=str(self.choice.mode),
                   artifact=self.choice.artifact, trajectory=self.core.info.trajectory)
         self._reader_task = asyncio.create_task(self._read_data())
@@ -216,6 +220,12 @@ class MrdSession:
         """The next message, or TimeoutError when the client sends nothing for ``read_timeout_s``."""
         async with asyncio.timeout(self.read_timeout_s):
             return await read_message(self.reader, self.limits)
+
+    @staticmethod
+    def _config_text_parameters(text: str) -> StreamParameters | None:
+        """JSON parameters sent as CONFIG_TEXT (python-ismrmrd-server and OpenRecon style), else None."""
+        stripped = text.strip("\x00 \t\r\n")
+        return parse_parameters(stripped) if stripped.startswith("{") else None
 
     @staticmethod
     def _config_text_name(text: str) -> str:
@@ -274,7 +284,10 @@ class MrdSession:
                 self._start_slice(sample, action.received, action.assemble_s)
 
     async def _apply_parameters(self, text: str) -> None:
-        params = parse_parameters(text)
+        await self._apply(parse_parameters(text))
+
+    async def _apply(self, params: StreamParameters) -> None:
+        """JSON parameters (or OpenRecon's UI parameters): config or artifact, classical method, output."""
         if params.config is not None:
             self.choice = self._resolve(params.config)
         if params.artifact is not None:

@@ -29,7 +29,10 @@ def _meta(result: ReconResult, window_center: float, window_width: float, slope:
     meta["SequenceDescriptionAdditional"] = f"mrdserve_{result.maker}"
     meta["WindowCenter"] = f"{window_center:.6g}"
     meta["WindowWidth"] = f"{window_width:.6g}"
-    meta["Keep_image_geometry"] = "1"
+    meta["Keep_image_geometry"] = "1"  # OpenRecon and Gadgetron keep the image's own orientation
+    geometry = result.sample.geometry  # the orientation OpenRecon (and DICOM) writers take from the meta
+    meta["ImageRowDir"] = [f"{v:.9g}" for v in geometry.read_dir]
+    meta["ImageColumnDir"] = [f"{v:.9g}" for v in geometry.phase_dir]
     if slope is not None:
         meta["RealWorldValueSlope"] = f"{slope:.9g}"  # stored uint16 value x slope = magnitude
     return meta

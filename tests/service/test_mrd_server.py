@@ -442,3 +442,28 @@ def test_classical_method_by_config_name_or_parameter(server, inputs):
     assert all("cg-sense" in image.meta["ImageComments"] for image in by_parameter.images)
     bad = stream_file(inputs["cartesian"], HOST, server.port, parameters={"method": "magic"})
     assert bad.closed and any("method: must be one of" in text for text in bad.errors)
+
+
+@pytest.mark.parametrize("as_config_text", [False, True], ids=["text-after-header", "config-text"])
+def test_openrecon_ui_parameters_round_trip_and_images_carry_their_geometry(server, inputs, as_config_text):
+    """OpenRecon's UI parameters (service.openrecon: artifact, method, dtype, series_index) arrive as JSON, after
+    the header or as CONFIG_TEXT; the images carry the geometry meta OpenRecon needs."""
+    from mrdserve.models.data.ismrmrd_io import read_ismrmrd
+    from mrdserve.service.openrecon import label_document
+
+    ui = {p["id"] for p in label_document(server.engine.artifacts)["parameters"]}
+    chosen = {"artifact": "classical", "method": "cg-sense", "dtype": "uint16", "series_index": 3}
+    assert set(chosen) == ui
+    document = {"parameters": {"config": "default", **chosen}}
+    if as_config_text:
+        result = stream_file(inputs["cartesian"], HOST, server.port, config=json.dumps(document), config_text=True)
+    else:
+        result = stream_file(inputs["cartesian"], HOST, server.port, parameters=document)
+    assert result.closed and not result.errors and len(result.images) == 2
+    samples = read_ismrmrd(inputs["cartesian"])[1]
+    for image, sample in zip(sorted(result.images, key=lambda i: i.slice), samples, strict=True):
+        assert "classical cg-sense" in image.meta["ImageComments"] and image.image_series_index == 3
+        assert np.asarray(image.data).dtype == np.uint16 and float(image.meta["RealWorldValueSlope"]) > 0
+        assert image.meta["DataRole"] == "Image" and image.meta["Keep_image_geometry"] == "1"
+        np.testing.assert_allclose([float(v) for v in image.meta["ImageRowDir"]], sample.geometry.read_dir)
+        np.testing.assert_allclose([float(v) for v in image.meta["ImageColumnDir"]], sample.geometry.phase_dir)
