@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR := demo-output
 
-.PHONY: test demo demo-artifacts lint typecheck bench debian demo-debian clean hadolint docker
+.PHONY: test demo demo-artifacts lint typecheck bench gpu-wheels debian demo-debian clean hadolint docker
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,11 +14,14 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# guard Gadgetron's `python -m gadgetron` launcher of this environment (see gadgets/launcher_guard.py)
+	$(PY) -m mrdserve.gadgets install-guard
 	touch $@
 
 # Debian packages: reference tools the tests compare against (ISMRMRD generator and recon, BART, the DICOM
-# validator) and curl for the demo's REST client. Installed only when missing.
-TEST_DEBIAN_PACKAGES := ismrmrd-tools bart dicom3tools orthanc orthanc-dicomweb
+# validator, a PACS, a real browser for the web page test) and curl for the demo's REST client. Installed only
+# when missing.
+TEST_DEBIAN_PACKAGES := ismrmrd-tools bart dicom3tools orthanc orthanc-dicomweb chromium chromium-driver
 DEMO_DEBIAN_PACKAGES := curl
 define install_debian
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -65,6 +68,7 @@ demo: $(STAMP) demo-debian
 	    --log-level WARNING & pid=$$!; trap 'kill $$pid 2>/dev/null' EXIT; \
 	for i in $$(seq 1 600); do curl -sf http://127.0.0.1:$$port/readyz >/dev/null && break; sleep 0.2; done; \
 	curl -sf http://127.0.0.1:$$port/readyz >/dev/null || { echo "mrdserve serve did not become ready"; exit 1; }; \
+	echo "the page to try it in a browser: http://127.0.0.1:$$port/ (while the demo runs; mrdserve serve keeps it up)"; \
 	for trajectory in cartesian radial spiral; do \
 	  for format in dicom png; do \
 	    out=$(DEMO_DIR)/rest/$$trajectory-$$format; mkdir -p $$out; \
@@ -99,6 +103,17 @@ demo-artifacts: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/nufft.py
+
+# Wheels for bench/gpu.sh on a GPU machine (Python 3.12, CUDA torch already there, no network): mrdserve and the
+# dependencies that machine lacks. Carry bench/out/gpu-wheels with the working tree.
+GPU_WHEEL_DEPS := ismrmrd==1.15.0 xsdata==26.10 torchkbnufft==1.5.2 finufft==2.5.1 ptwt==1.0.1 PyWavelets==1.9.0 \
+	jsonschema jsonschema-specifications referencing rpds-py
+gpu-wheels: $(STAMP)
+	rm -rf bench/out/gpu-wheels && mkdir -p bench/out/gpu-wheels
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	    --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d bench/out/gpu-wheels $(GPU_WHEEL_DEPS)
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w bench/out/gpu-wheels .
+	rm -rf build
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache .mypy-src *.egg-info

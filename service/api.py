@@ -25,6 +25,7 @@ from mrdserve.service.rest.errors import EXCEPTION_HANDLERS, ApiError
 from mrdserve.service.rest.job_runner import JobRunner
 from mrdserve.service.rest.lifecycle import lifespan
 from mrdserve.service.rest.state import ServiceState
+from mrdserve.service.rest.web import serve_web_page
 from mrdserve.service.slow_clients import BodyReadTimeout
 from mrdserve.service.spool import JobSpool
 
@@ -46,6 +47,7 @@ def create_app(config: ServiceConfig, engine: Any = None, spool: JobSpool | None
     app.state.engine, app.state.spool, app.state.config = engine, spool, config
     app.state.drain = state.drain  # called by the server when shutdown begins (service.serve)
     serve_docs_locally(app)
+    serve_web_page(app)
     add_middleware(app, config)
     for router in ROUTERS:
         app.include_router(router)

@@ -55,13 +55,14 @@ class Job:
     finished: float | None = None  # when it succeeded or failed: results expire ttl_s after this
     slices: int | None = None
     pacs: dict[str, Any] | None = None  # the PACS push of the result (service.pacs.PushReport.public), if any
+    summary: dict[str, Any] | None = None  # what made the images and the stage times (result_summary)
 
     def public(self) -> dict[str, Any]:
         """What clients see: no file-system paths."""
         return {"id": self.id, "state": self.state, "created": self.created, "updated": self.updated,
                 "params": self.params, "attempts": self.attempts, "error": self.error,
                 "error_status": self.error_status, "filename": self.filename, "fetched": self.fetched,
-                "slices": self.slices, "pacs": self.pacs}
+                "slices": self.slices, "pacs": self.pacs, "summary": self.summary}
 
 
 def _valid_id(job_id: str) -> bool:
@@ -174,9 +175,9 @@ class JobSpool:
         return self._write(job)
 
     def mark_succeeded(self, job: Job, result: Path, media_type: str, filename: str, slices: int,
-                       pacs: dict[str, Any] | None = None) -> Job:
+                       pacs: dict[str, Any] | None = None, summary: dict[str, Any] | None = None) -> Job:
         """Move the result into the job's directory, drop the input, and record success (and the result's PACS
-        push, ``PushReport.public()``, when there was one)."""
+        push, ``PushReport.public()``, when there was one, and its ``summary``)."""
         suffix = "".join(Path(filename).suffixes) or ".bin"
         target = self.jobs_dir / job.id / f"result{suffix}"
         shutil.move(str(result), target)
@@ -185,7 +186,7 @@ class JobSpool:
             SUCCEEDED, target.name, media_type, filename, slices)
         job.finished = time.time()
         job.error = job.error_status = None
-        job.pacs = pacs
+        job.pacs, job.summary = pacs, summary
         return self._write(job)
 
     def mark_failed(self, job: Job, reason: str, status: int = 500) -> Job:

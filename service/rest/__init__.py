@@ -16,4 +16,5 @@ __all__ = [
     "reconstructions",
     "state",
     "upload",
+    "web",
 ]

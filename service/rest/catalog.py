@@ -1,4 +1,4 @@
-"""``GET /v1/models``: the artifacts the engine serves."""
+"""``GET /v1/models``: the artifacts the engine serves; ``GET /v1/choices``: what a request may ask for."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from mrdserve.models.data.baseline import METHODS
+from mrdserve.service.engine.choice import CLASSICAL
+from mrdserve.service.outputs.formats import FORMAT_NAMES
 from mrdserve.service.rest.deps import GUARDED, State
 
 router = APIRouter()
@@ -15,3 +18,10 @@ router = APIRouter()
 async def list_models(state: State) -> dict[str, Any]:
     """The artifacts the engine serves (name, version, task, constraints)."""
     return {"models": state.engine.models()}
+
+
+@router.get("/v1/choices", dependencies=GUARDED)
+async def list_choices(state: State) -> dict[str, Any]:
+    """The values of ``artifact``, ``method`` and ``format`` a reconstruction request may name."""
+    return {"artifacts": ["auto", CLASSICAL, *sorted({a.name for a in state.engine.artifacts})],
+            "methods": list(METHODS), "formats": list(FORMAT_NAMES)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from mrdserve.service.rest.processing import (
     ingest,
     package,
     push_to_pacs,
+    result_summary,
     run_engine,
 )
 from mrdserve.service.rest.state import ServiceState
@@ -80,13 +82,18 @@ class JobRunner:
         state, params = self.state, job.params
         work_dir.mkdir(parents=True, exist_ok=True)
         fmt = params.get("format", "dicom")
+        started = time.perf_counter()
         header, samples = await state.cpu_bound(ingest, state.spool.input_path(job), params.get("group", "dataset"),
                                                 state.config.budget)
+        ingested = time.perf_counter()
         results = await self._reconstruct(samples, params)
+        reconstructed = time.perf_counter()
         packaged = await state.cpu_bound(package, results, header, fmt, work_dir)
         pushed = await push_to_pacs(state, packaged, fmt)
+        summary = result_summary(results, {"ingest": ingested - started, "reconstruct": reconstructed - ingested,
+                                           "output": time.perf_counter() - reconstructed})
         state.spool.mark_succeeded(job, Path(packaged.path), packaged.media_type, packaged.filename, len(results),
-                                   pacs=None if pushed is None else pushed.public())
+                                   pacs=None if pushed is None else pushed.public(), summary=summary)
         state.count(results, "ok")
         log_event(logger, "job_succeeded", job_id=job.id, slices=len(results))
 

@@ -118,6 +118,19 @@ async def push_to_pacs(state: ServiceState, packaged: Any, fmt: str) -> PushRepo
     return report
 
 
+def result_summary(results: list[Any], stages_s: dict[str, float]) -> dict[str, Any]:
+    """What made a request's images (labels, fallback reasons) and its times: the request's stages and, per
+    slice, the engine's (preparation, queue, inference) mean, in milliseconds."""
+    per_slice: dict[str, list[float]] = {}
+    for result in results:
+        for stage, seconds in result.timings.items():
+            per_slice.setdefault(stage, []).append(seconds)
+    return {"labels": sorted({r.label for r in results}),
+            "fallback": sorted({r.fallback_reason for r in results if r.fallback_reason}),
+            "request_ms": {stage: round(1000 * s, 2) for stage, s in stages_s.items()},
+            "per_slice_ms": {stage: round(1000 * sum(v) / len(v), 2) for stage, v in per_slice.items()}}
+
+
 def result_headers(results: list[Any]) -> dict[str, str]:
     """``X-Mrdserve-Slices``, ``-Labels`` and, where the classical path stood in, ``-Fallback`` (ASCII, bounded)."""
     labels = sorted({str(r.label) for r in results})
