@@ -172,7 +172,7 @@ def test_gadgetron_closing_during_the_handshake_leaves_no_launcher(server, files
     """A dependency query (config, then CLOSE before any header) makes Gadgetron end the ``<execute>`` gadget's
     connection during its handshake; the guarded launcher exits instead of spinning, so the client is answered."""
     run = server.run(files["cartesian"], CONFIGS / "mrdserve_xpdnet.xml", query=True, timeout_s=60)
-    assert "timed out" not in run.output and run.seconds < 30
+    assert "timed out" not in run.output  # the client was answered (it hangs without the guard)
     deadline = time.monotonic() + 10
     while server.launchers() and time.monotonic() < deadline:
         time.sleep(0.2)
