@@ -5,6 +5,7 @@ DICOM; NIfTI and ISMRMRD images carry the geometry; concurrency, back-pressure, 
 spooled jobs and the metrics. Every wait is bounded by count and time; only 127.0.0.1 is used.
 """
 
+import contextlib
 import io
 import os
 import shutil
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -93,15 +95,21 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("server")
-    running = Server(directory / "spool", directory / "server.log")
+@contextlib.contextmanager
+def ready_server(directory: Path, *flags: str) -> Iterator[Server]:
+    """A ready ``mrdserve serve`` with its spool and log in ``directory``, stopped on exit."""
+    running = Server(directory / "spool", directory / "server.log", *flags)
     try:
         running.wait()
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with ready_server(tmp_path_factory.mktemp("server")) as running:
+        yield running
 
 
 def _post(url: str, path: Path, timeout: float = 60, **params) -> httpx.Response:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.service.test_api import simulate
-from tests.service.test_e2e_http import Server
+from tests.service.test_e2e_http import ready_server
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-artifacts" / "web"
@@ -23,13 +23,8 @@ WAIT_S = 180
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("web-server")
-    running = Server(directory / "spool", directory / "server.log")
-    try:
-        running.wait()
+    with ready_server(tmp_path_factory.mktemp("web-server")) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_the_page_and_its_assets_come_from_the_server_alone(server):
