@@ -29,14 +29,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mrdserve.models.data.sample import KSpaceSample  # noqa: E402
-from mrdserve.models.data.simulate import simulate_cartesian, simulate_noncartesian  # noqa: E402
-from mrdserve.models.physics.nufft import nufft_adjoint, nufft_forward  # noqa: E402
-from mrdserve.models.physics.nufft_backends import cufinufft_available  # noqa: E402
-from mrdserve.service.artifacts import load_artifacts  # noqa: E402
-from mrdserve.service.engine.pipeline import Pipeline  # noqa: E402
-from mrdserve.service.metrics import ServiceMetrics  # noqa: E402
-from mrdserve.service.runners import to_device  # noqa: E402
+from mrdserve.models.data.sample import KSpaceSample
+from mrdserve.models.data.simulate import simulate_cartesian, simulate_noncartesian
+from mrdserve.models.physics.nufft import nufft_adjoint, nufft_forward
+from mrdserve.models.physics.nufft_backends import cufinufft_available
+from mrdserve.service.artifacts import load_artifacts
+from mrdserve.service.engine.pipeline import Pipeline
+from mrdserve.service.metrics import ServiceMetrics
+from mrdserve.service.runners import to_device
 
 
 def timed(run: Callable[[], object], device: torch.device, repeats: int) -> list[float]:
@@ -115,13 +115,13 @@ def artifact_rows(device: torch.device, matrix: int, coils: int, batches: list[i
             if trajectory == "spiral":
                 continue  # the radial row stands for NC-PDNet
             sample = sample_for(artifact.manifest.task, matrix, coils)
-            preparation = timed(lambda s=sample, a=artifact: pipeline.prepare(a, s), torch.device("cpu"), repeats)
+            preparation = timed(lambda p=pipeline, s=sample, a=artifact: p.prepare(a, s), torch.device("cpu"), repeats)
             prepared = pipeline.prepare(artifact, sample)
             runner = pipeline.runner(artifact)
             for batch in batches:
                 inputs = to_device({name: tensor.repeat(batch, *([1] * (tensor.dim() - 1)))
                                     for name, tensor in prepared.inputs.items()}, device)
-                seconds = statistics.median(timed(lambda i=inputs: runner.run(i), device, repeats))
+                seconds = statistics.median(timed(lambda r=runner, i=inputs: r.run(i), device, repeats))
                 figures[f"{artifact.name}_{kind}_batch{batch}_slices_per_s"] = batch / seconds
                 if batch == 1:
                     figures[f"{artifact.name}_{kind}_slice_ms"] = 1000 * (seconds + statistics.median(preparation))
