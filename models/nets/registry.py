@@ -8,8 +8,10 @@ from typing import Any
 from torch import nn
 
 from mrdserve.models.nets.baselines import UNetBaseline, ZeroFilled
+from mrdserve.models.nets.cascade import CascadeNet
 from mrdserve.models.nets.deq import DEQ
 from mrdserve.models.nets.irim import IRIM
+from mrdserve.models.nets.kiki import KIKINet
 from mrdserve.models.nets.ncpdnet import NCPDNet
 from mrdserve.models.nets.pdnet import PDNet
 from mrdserve.models.nets.rim import RIM
@@ -24,6 +26,8 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "rim": RIM,
     "irim": IRIM,
     "deq": DEQ,
+    "cascadenet": CascadeNet,
+    "kikinet": KIKINet,
 }
 
 
