@@ -54,6 +54,8 @@ class GadgetConnection:
         self.closed = False
         self._write_lock = threading.Lock()
         sock.settimeout(read_timeout_s)
+        with contextlib.suppress(OSError):  # an image's last segment must not wait for a delayed ACK (Nagle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     # -- construction ------------------------------------------------------------------------------------------
 
