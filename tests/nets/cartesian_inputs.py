@@ -46,3 +46,11 @@ def fit_losses(model: nn.Module, inputs: tuple[torch.Tensor, ...], target: torch
         optimiser.step()
         losses.append(loss.item())
     return losses
+
+
+def single_coil_example() -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(kspace, mask) of a 32x32 single-coil phantom at R=4 as the preparation makes them, and the target image."""
+    image = complex_phantom_2d((32, 32), seed=0)
+    mask = EquispacedFractionMask([0.125], [4])(32, seed=0).kspace_mask()
+    prepared = prepare_cartesian(fft2c(image).unsqueeze(0), mask)
+    return prepared.to_network_inputs(with_smaps=False), image.abs().unsqueeze(0) / prepared.scale.reshape(-1, 1, 1)
