@@ -20,6 +20,7 @@ DATA_KINDS = ("synthetic", "fastmri", "ismrmrd")
 OPTIMIZERS = ("radam", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+MIXED_PRECISIONS = ("none", "bf16")
 # data.generator keys: SyntheticDataset's simulation parameters, or the retrospective mask of file datasets.
 SYNTHETIC_GENERATOR_KEYS = ("matrix", "coils", "acceleration", "trajectory", "mask_type", "center_fraction",
                             "noise_level", "ismrmrd_path", "content")
@@ -73,7 +74,14 @@ class OptimConfig:
 
 @dataclass
 class LoopConfig:
-    """How long and how the loop runs."""
+    """How long and how the loop runs.
+
+    ``mixed_precision: bf16`` trains with bfloat16 autocast on CPU or CUDA: the network's convolution blocks
+    (its sub-modules made only of torch.nn layers) run under ``torch.autocast(dtype=torch.bfloat16)`` and hand
+    float32 back, so the physics between them (FFTs, SENSE / Toeplitz operators, data consistency, complex
+    arithmetic) and the loss stay float32; no gradient scaler is needed, validation and export run float32.
+    ``amp`` is the older CUDA-only float16 switch (with a GradScaler); the two cannot be combined.
+    """
 
     steps: int = 1000  # optimisation steps (batches) in total
     batch_size: int = 1  # examples per step and process
@@ -81,7 +89,8 @@ class LoopConfig:
     val_examples: int = 4  # validation examples used (at most the validation set's size)
     checkpoint_every: int = 500  # write a checkpoint every this many steps (and at the end)
     log_every: int = 10  # TensorBoard / progress-bar update period in steps
-    amp: bool = False  # mixed precision (torch.autocast + GradScaler); CUDA only, ignored on CPU
+    amp: bool = False  # float16 mixed precision (torch.autocast + GradScaler); CUDA only, ignored on CPU
+    mixed_precision: str = "none"  # none | bf16 (bfloat16 autocast of the conv blocks, CPU or CUDA; see above)
     grad_checkpointing: bool = False  # recompute each unrolled iteration's image net in backward (saves memory)
     device: str = "auto"  # auto | cpu | cuda
     num_workers: int = 0  # DataLoader worker processes
@@ -206,6 +215,10 @@ def validate(config: TrainConfig) -> TrainConfig:
     _choice(config.optim.name, OPTIMIZERS, "optim.name")
     _choice(config.optim.scheduler, SCHEDULERS, "optim.scheduler")
     _choice(config.loop.device, DEVICES, "loop.device")
+    _choice(config.loop.mixed_precision, MIXED_PRECISIONS, "loop.mixed_precision")
+    if config.loop.mixed_precision != "none" and config.loop.amp:
+        raise ValueError(f"loop.mixed_precision: {config.loop.mixed_precision!r} cannot be combined with "
+                         "loop.amp (float16 with a gradient scaler); set one of them")
     if not config.name:
         raise ValueError("name: must not be empty")
     if config.data.kind != "synthetic" and not config.data.path:

@@ -11,7 +11,12 @@ the optimiser and scheduler and resumes from ``output_dir/latest.pt`` when asked
 and checkpoints hold model, optimiser, scheduler, scaler, RNG states and step, so a run interrupted at any
 checkpoint continues exactly as if it had never stopped.
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the same code wraps the network in DistributedDataParallel, each rank
-takes its own share of every step's examples, and rank 0 alone validates, logs and writes checkpoints.
+takes its own share of every step's examples, and rank 0 alone validates, logs and writes checkpoints. DDP
+averages the gradients over ranks and every loss is a mean over its batch, so W ranks of B examples take the step
+one process takes on the W * B examples together (tests/training/test_ddp.py); checkpoints move freely between
+the two (same global batch). ``loop.mixed_precision: bf16`` runs the network's convolution blocks under bfloat16
+autocast (``enable_mixed_precision``). Progress: a tqdm bar (loss, samples/s, ETA) when stderr is a terminal,
+else a log line every ``loop.log_every`` steps.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import dataclasses
 import logging
 import os
 import random
-import sys
 import time
 import types
 import warnings
@@ -47,8 +51,11 @@ from mrdserve.models.training.datasets import (
     collate_examples,
     data_version,
 )
+from mrdserve.models.training.distributed import Distributed, init_distributed, mean_over_ranks, shutdown_distributed
 from mrdserve.models.training.evaluate import evaluate
 from mrdserve.models.training.losses import get_loss
+from mrdserve.models.training.precision import enable_mixed_precision
+from mrdserve.models.training.progress import Progress, stderr_is_interactive
 
 log = logging.getLogger(__name__)
 VAL_SEED_OFFSET = 1_000_003  # validation examples of synthetic data come from (seed + offset, index)
@@ -93,33 +100,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if not torch.cuda.is_available():
         raise ValueError("loop.device: 'cuda' asked for but no CUDA device is available")
     return torch.device("cuda", local_rank)
-
-
-@dataclass
-class Distributed:
-    """Process group facts: world size, this process's rank and local rank."""
-
-    world_size: int = 1
-    rank: int = 0
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str) -> Distributed:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on GPU, Gloo on CPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Distributed()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not torch.distributed.is_initialized():
-        use_cuda = device_name != "cpu" and torch.cuda.is_available()
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
-    return Distributed(world_size, rank, local_rank)
 
 
 # --- data --------------------------------------------------------------------------------------------------
@@ -312,12 +292,6 @@ def _tensorboard(directory: Path) -> Any:
     return SummaryWriter(str(directory))
 
 
-def _progress(total: int, initial: int, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
-
-
 @contextlib.contextmanager
 def _rng_neutral() -> Iterator[None]:
     """Run a block (validation) without disturbing any RNG stream of the training run."""
@@ -389,14 +363,17 @@ class TrainingRun:
 
 
 def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
-    """The network of ``config.network`` on ``device``, initialised from ``loop.init_from`` when given and with
-    gradient checkpointing when ``loop.grad_checkpointing`` asks for it."""
+    """The network of ``config.network`` on ``device``, initialised from ``loop.init_from`` when given, with
+    gradient checkpointing and mixed precision when ``loop.grad_checkpointing`` / ``loop.mixed_precision`` ask."""
     model = build_network(config.network.name, **config.network.kwargs).to(device)
     if config.loop.init_from:
         copied = initialise_from(model, Path(config.loop.init_from))
         log.info("initialised %d parameter tensors from %s", copied, config.loop.init_from)
     if config.loop.grad_checkpointing:
         enable_gradient_checkpointing(model)
+    if config.loop.mixed_precision != "none":
+        regions = enable_mixed_precision(model, device, config.loop.mixed_precision)
+        log.info("mixed precision %s: %d convolution blocks under autocast", config.loop.mixed_precision, regions)
     return model
 
 
@@ -474,15 +451,22 @@ def build_run(config: TrainConfig, resume: bool = True) -> TrainingRun:
 # --- the steps -----------------------------------------------------------------------------------------------
 
 
-def training_step(run: TrainingRun, batch: Any) -> float:
-    """One optimisation step on ``batch``: forward (autocast), loss, backward, clipping, optimiser and
-    scheduler; returns the loss."""
+def forward_backward(run: TrainingRun, batch: Any) -> torch.Tensor:
+    """Forward (float16 autocast with ``loop.amp``), loss and backward on this rank's ``batch``: leaves the
+    gradients on the parameters (under DDP averaged over the ranks) and returns this rank's detached loss."""
     batch = batch.to(run.device, non_blocking=True)
     with torch.autocast(run.device.type, enabled=run.use_amp):
         output = run.network(**batch.inputs)
     loss = training_loss(run.loss_fn, batch, output)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
+    return loss.detach()
+
+
+def training_step(run: TrainingRun, batch: Any) -> float:
+    """One optimisation step on ``batch``: ``forward_backward``, clipping, optimiser and scheduler; returns the
+    step's loss (the mean over the ranks under DDP, so it matches one process on the whole step's examples)."""
+    loss = forward_backward(run, batch)
     if run.config.optim.grad_clip is not None:
         run.scaler.unscale_(run.optimizer)
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.optim.grad_clip)
@@ -490,13 +474,13 @@ def training_step(run: TrainingRun, batch: Any) -> float:
     run.scaler.update()
     if run.scheduler is not None:
         run.scheduler.step()
-    return float(loss.detach())
+    return mean_over_ranks(loss, run.dist)
 
 
-def log_training_step(run: TrainingRun, bar: Any, step: int, loss: float, stats: dict[str, float],
-                      examples_per_s: float) -> None:
-    """Loss, the model's stats and throughput on the progress bar and in TensorBoard."""
-    bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{examples_per_s:.2f}", **{k: f"{v:.3g}" for k, v in stats.items()})
+def log_training_step(run: TrainingRun, progress: Progress, step: int, loss: float, stats: dict[str, float],
+                      examples_per_s: float, elapsed_s: float) -> None:
+    """Loss, the model's stats and throughput on the progress bar (or log line) and in TensorBoard."""
+    progress.report(step, loss, stats, examples_per_s, elapsed_s)
     if run.writer is None:
         return
     run.writer.add_scalar("train/loss", loss, step)
@@ -537,34 +521,44 @@ def validate_and_save(run: TrainingRun, result: TrainResult, step: int, validate
 # --- the loop ------------------------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, resume: bool = True) -> TrainResult:
-    """Train as ``config`` says; with ``resume``, continue from ``output_dir/latest.pt`` when it exists."""
-    run, loop = build_run(config, resume), config.loop
-    bar = _progress(loop.steps, run.start_step, run.dist.is_main and sys.stderr.isatty())
+def train(config: TrainConfig, resume: bool = True, interactive: bool | None = None) -> TrainResult:
+    """Train as ``config`` says; with ``resume``, continue from ``output_dir/latest.pt`` when it exists.
+    ``interactive`` (default: whether stderr is a terminal) chooses the progress bar over log lines."""
+    run = build_run(config, resume)
+    try:
+        return _train_steps(run, stderr_is_interactive() if interactive is None else interactive)
+    finally:
+        shutdown_distributed(run.dist)
+
+
+def _train_steps(run: TrainingRun, interactive: bool) -> TrainResult:
+    loop = run.config.loop
+    progress = Progress(loop.steps, run.start_step, run.dist.is_main, interactive)
     result = TrainResult(step=run.start_step, checkpoint=run.latest, metrics=run.metrics,
                          resumed_from=run.start_step)
     run.network.train()
     step, started, examples = run.start_step, time.perf_counter(), 0
-    for batch in run.loader:
-        loss = training_step(run, batch)
-        step += 1
-        examples += len(batch) * run.dist.world_size
-        result.losses.append(loss)
-        stats = model_stats(run.model)
-        if stats:
-            result.model_stats = stats
-        if step % loop.log_every == 0 or step == loop.steps:
-            log_training_step(run, bar, step, loss, stats, examples / max(time.perf_counter() - started, 1e-9))
-        bar.update(1)
-        periodic_val = loop.val_every > 0 and step % loop.val_every == 0
-        at_end = step == loop.steps
-        if periodic_val or step % loop.checkpoint_every == 0 or at_end:
-            validate_and_save(run, result, step, validate=periodic_val or at_end)
-    bar.close()
+    with progress:
+        for batch in run.loader:
+            loss = training_step(run, batch)
+            step += 1
+            examples += len(batch) * run.dist.world_size
+            result.losses.append(loss)
+            stats = model_stats(run.model)
+            if stats:
+                result.model_stats = stats
+            if step % loop.log_every == 0 or step == loop.steps:
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                log_training_step(run, progress, step, loss, stats, examples / elapsed, elapsed)
+            progress.advance()
+            periodic_val = loop.val_every > 0 and step % loop.val_every == 0
+            at_end = step == loop.steps
+            if periodic_val or step % loop.checkpoint_every == 0 or at_end:
+                validate_and_save(run, result, step, validate=periodic_val or at_end)
     if run.writer is not None:
         run.writer.close()
-    if step == run.start_step and run.dist.is_main and run.latest is None:  # steps reached: still leave a file
-        validate_and_save(run, result, step, validate=True)
+    if step == run.start_step and run.latest is None:  # no step ran and no file yet: still leave one
+        validate_and_save(run, result, step, validate=True)  # (every rank: it ends in a barrier)
     result.step, result.metrics = step, run.metrics
     return result
 
