@@ -1,7 +1,7 @@
 """The `mrdserve` command line: one entry point, one subcommand per job (see ARCHITECTURE.md, Contracts).
 
 Each subcommand lives in the module that owns its job and is imported only when that subcommand runs, so the
-runtime never loads training or export code: `train`, `evaluate` and `export` are offline tools from
+runtime never loads training or export code: `train`, `evaluate`, `benchmark` and `export` are offline tools from
 `models.training` and `models.export`, while `serve`, `recon` and `models` use only the runtime.
 """
 
@@ -36,6 +36,11 @@ COMMANDS: dict[str, Command] = {
                      "train a network from a YAML config (offline trainer)"),
     "evaluate": Command("mrdserve.models.training.cli", "add_evaluate_arguments", "run_evaluate",
                         "compare a trained model with the classical baselines on a data set"),
+    "benchmark": Command("mrdserve.models.training.cli", "add_benchmark_arguments", "run_benchmark",
+                         "train and compare the unrolled networks under one protocol (the thesis's benchmark)",
+                         "Train every network of CONFIG with the same optimiser, loss, data and step budget, then "
+                         "score PSNR/SSIM on held-out slices and time inference side by side: a table, a figure "
+                         "and JSON in OUT, the headline figures on the last line."),
     "export": Command("mrdserve.models.export.cli", "add_export_arguments", "run_export",
                       "export a checkpoint as an artifact (TorchScript + ONNX + manifest)"),
     "validate": Command("mrdserve.models.export.cli", "add_validate_arguments", "run_validate",

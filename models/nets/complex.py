@@ -32,5 +32,10 @@ def channels_to_complex(x: torch.Tensor) -> torch.Tensor:
 
 
 def magnitude(x: torch.Tensor) -> torch.Tensor:
-    """|x| of a complex tensor as sqrt(re^2 + im^2): ONNX Runtime rejects the graph ``abs`` exports to."""
-    return torch.sqrt(x.real * x.real + x.imag * x.imag)
+    """|x| of a complex tensor as sqrt(re^2 + im^2) (ONNX Runtime rejects the graph ``abs`` exports to), with a
+    zero gradient where x = 0: there sqrt's infinite derivative times 0 is NaN, and the FFTs of an unrolled
+    network spread it to every parameter (a SENSE image is exactly 0 where the sensitivities are)."""
+    squared = x.real * x.real + x.imag * x.imag
+    nonzero = squared > 0
+    return torch.where(nonzero, torch.sqrt(torch.where(nonzero, squared, torch.ones_like(squared))),
+                       torch.zeros_like(squared))

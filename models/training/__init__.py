@@ -2,11 +2,15 @@
 
 # The public modules (imported on use, never here: importing the package stays cheap).
 __all__ = [
+    "benchmark",
     "checkpoint",
     "cli",
     "config",
     "datasets",
+    "distributed",
     "evaluate",
     "loop",
     "losses",
+    "precision",
+    "progress",
 ]

@@ -1,4 +1,4 @@
-"""``mrdserve train`` and ``mrdserve evaluate``: argument builders and handlers (dispatched by service/cli.py).
+"""``mrdserve train``, ``evaluate`` and ``benchmark``: argument builders and handlers (dispatched by service/cli.py).
 
 Config and data errors print one message naming the problem and return 2; training success returns 0.
 """
@@ -108,4 +108,43 @@ def run_evaluate(args: argparse.Namespace) -> int:
     csv_path = write_csv(evaluation.metrics, output / "metrics.csv")
     figures = write_figures(evaluation.images, output / "figures", max_slices=args.figures)
     print(f"wrote {csv_path} and {len(figures)} figure(s) in {output / 'figures'}")
+    return 0
+
+
+def add_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``mrdserve benchmark``."""
+    parser.add_argument("config", metavar="CONFIG",
+                        help="YAML benchmark config (models/training/configs/benchmarks/unrolled.yaml)")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="folder for table.md, figure.png and results.json (default: the config's output_dir)")
+    parser.add_argument("--steps", type=int, metavar="N", help="override the step budget of every network")
+    parser.add_argument("--data", metavar="DIR",
+                        help="fastMRI or ISMRMRD files instead of the synthetic data (kind detected; held out: the "
+                             "config's data.val_path, else the last data.val_fraction of the files)")
+    return parser
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """Train and score every method of the config under its one protocol; print the table, then the headline
+    figures as the last line; write the table, figure and JSON to OUT."""
+    from mrdserve.models.training import benchmark
+
+    try:
+        config = benchmark.load_benchmark_config(args.config)
+        kind = None
+        if args.data is not None:
+            directory = Path(args.data)
+            if not directory.is_dir():
+                raise ValueError(f"--data {str(directory)!r} is not a directory")
+            kind = _data_kind(directory)
+        config = benchmark.with_overrides(config, steps=args.steps, data_path=args.data, data_kind=kind,
+                                          output_dir=args.output)
+        result = benchmark.run_benchmark(config)
+    except ValueError as exc:
+        print(f"mrdserve benchmark: {exc}", file=sys.stderr)
+        return 2
+    written = benchmark.write_outputs(result, config.output_dir)
+    print(benchmark.markdown_table(result))
+    print(f"wrote {', '.join(str(path) for path in written.values())}")
+    print(benchmark.headline(result))
     return 0

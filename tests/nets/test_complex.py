@@ -19,3 +19,14 @@ def test_round_trips_and_magnitude():
     assert torch.equal(channels[:, :3], x.real) and torch.equal(channels[:, 3:], x.imag)
     assert torch.equal(channels_to_complex(channels), x)
     assert torch.allclose(magnitude(x), x.abs(), atol=1e-6)
+
+
+def test_magnitude_has_finite_gradients_where_the_image_is_zero():
+    """A SENSE image is exactly 0 outside the sensitivities: sqrt's derivative there must not make NaN."""
+    image = torch.zeros(1, 1, 2, 2, dtype=torch.complex64, requires_grad=True)
+    with torch.no_grad():
+        image[0, 0, 0, 0] = 3 + 4j
+    magnitude(image).sum().backward()
+    assert torch.isfinite(torch.view_as_real(image.grad)).all()
+    assert magnitude(image.detach())[0, 0, 0, 0].item() == 5.0
+    assert torch.equal(magnitude(image.detach()), image.detach().abs())
