@@ -41,7 +41,7 @@ from mrdserve.models.data.prepare import output_to_image
 from mrdserve.models.nets.complex import complex_to_real, real_to_complex
 from mrdserve.models.physics.fft import fftnc
 from mrdserve.models.physics.kernels import sense_reduce
-from mrdserve.models.training.config import DATA_KINDS, DEVICES, TrainConfig, config_from_dict
+from mrdserve.models.training.config import DATA_KINDS, DEVICES, TrainConfig, config_from_dict, read_yaml
 from mrdserve.models.training.datasets import collate_examples
 
 HEADLINE = ("pdnet", "xpdnet", "cascade", "kiki", "unet", "zf")  # the last line's keys, in its order
@@ -235,16 +235,7 @@ def benchmark_config_from_dict(data: Any) -> BenchmarkConfig:
 
 def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
     """Read a YAML benchmark config (``ValueError`` naming the field on error)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    return benchmark_config_from_dict(data if data is not None else {})
+    return benchmark_config_from_dict(read_yaml(path))
 
 
 def with_overrides(config: BenchmarkConfig, steps: int | None = None, data_path: str | None = None,

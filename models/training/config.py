@@ -258,8 +258,8 @@ def config_from_dict(data: Any) -> TrainConfig:
     return validate(_build(TrainConfig, data, ""))
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read a YAML config file into a validated ``TrainConfig`` (``ValueError`` naming the field on error)."""
+def read_yaml(path: str | Path) -> Any:
+    """The parsed contents of a YAML config file (an empty file is ``{}``); ValueError when missing or not YAML."""
     import yaml
 
     path = Path(path)
@@ -269,7 +269,12 @@ def load_config(path: str | Path) -> TrainConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    return config_from_dict(data if data is not None else {})
+    return data if data is not None else {}
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a YAML config file into a validated ``TrainConfig`` (``ValueError`` naming the field on error)."""
+    return config_from_dict(read_yaml(path))
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
