@@ -50,6 +50,11 @@ class MrdServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     @property
+    def accepting(self) -> bool:
+        """Whether new connections are accepted (False from the moment ``stop`` begins)."""
+        return self._server is not None and self._server.is_serving()
+
+    @property
     def active_sessions(self) -> int:
         return len(self._sessions)
 

@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -333,7 +334,9 @@ def test_stopping_finishes_accepted_streams(server, inputs):
         while draining.active_sessions == 0:
             threading.Event().wait(0.01)
         stopping = asyncio.run_coroutine_threadsafe(draining.stop(grace_s=30), server.loop)
-        threading.Event().wait(0.2)
+        deadline = time.monotonic() + TIMEOUT_S
+        while draining.accepting and time.monotonic() < deadline:  # stop() runs on the server's loop
+            threading.Event().wait(0.01)
         with pytest.raises(OSError):  # no new connections once stopping
             socket.create_connection((HOST, draining.port), timeout=5).close()
         sock.sendall(b"".join(encode_object(a) for a in acquisitions[100:]) + encode_close())
