@@ -1,16 +1,29 @@
 """KIKI-net: cross-domain CNNs alternating in k-space and image space (Eo et al., MRM 2018).
 
-Each of ``n_iter`` iterations applies a k-space CNN (KCNN, non-residual, on the k-space's real/imaginary
-channels), goes to the image (F^H), applies a residual image CNN (ICNN) and enforces k-space data consistency
+Each of ``n_iter`` iterations applies a k-space CNN (KCNN, on the k-space's real/imaginary channels), goes to the
+image (F^H), applies a residual image CNN (ICNN) and enforces k-space data consistency
 (``models.nets.data_consistency``), so the blocks run K, I, K, I, ... and the output |x| is data-consistent. Single
 coil: image F^H k. Multicoil: the KCNN runs on each coil's k-space (shared weights, coils folded into the batch),
 the image is the SENSE-combined S^H F^H k and data consistency acts per coil on F S_c x.
 
-Defaults are the seed thesis's benchmark configuration (Ramzi, ch. 4; fastMRI reproducible benchmark ``kiki_net``):
-2 iterations (K-I-K-I), blocks of 25 conv3x3-ReLU layers of 32 filters and a linear 1x1 output conv, 222,626
-parameters per block, 890,504 in all (the thesis quotes about 1.25M for KIKI-net; this stated configuration counts
-0.89M). The thesis trained it block by block for stability: ``set_training_stage`` freezes all but one block and
-runs the network only up to it (the reference grows the model a block at a time).
+Defaults are the KIKI-net the seed thesis's benchmark evaluated (Ramzi, ch. 4; Ramzi et al., Appl. Sci. 2020;
+fastMRI reproducible benchmark: ``full_kiki_net(n_convs=16, n_filters=48, activation=lrelu)``, "kikinet-sep-16"
+in its evaluation scripts and model cards): 2 iterations (K-I-K-I), blocks of 16 conv3x3 layers of 48 filters with
+leaky ReLUs of slope 0.1 and a linear 1x1 output conv, 312,770 parameters per block, 1,251,080 in all (the thesis:
+about 1.25M).
+
+Two departures from the reference, both so that the network trains at all (``init="zero-output"``,
+``kspace_residual=True``; ``init="default", kspace_residual=False`` is the reference's form): the KCNN is residual,
+``k + KCNN(k)``, and every block's output conv starts at zero with He-initialised hidden convs, so every block
+starts as the identity and the untrained network is exactly the zero-filled reconstruction. With torch's default
+initialisation a 16-25-layer plain stack passes almost nothing of its input on (a constant function, no gradient to
+its early layers), and a non-residual KCNN then replaces the k-space by that constant: trained jointly the network
+stayed at zero-filling, and trained stage-wise each new random KCNN undid the blocks trained before it.
+
+The thesis trained it block by block (the reference grows the model one block at a time, each trained with the
+earlier ones frozen): ``set_training_stage`` freezes all but one block and runs the network only up to it; the
+trainer's ``loop.stagewise`` drives it. The reference trains each KCNN against the fully sampled k-space and the
+first ICNN against the complex image; here every stage is trained on the task's image loss.
 """
 
 from __future__ import annotations
@@ -48,21 +61,28 @@ class KIKINet(nn.Module):
 
     Args:
         n_iter: KI iterations (2 blocks each).
-        n_layers: conv3x3-ReLU layers per block (N_K = N_I) before its linear output conv.
+        n_layers: conv3x3 layers per block (N_K = N_I) before its linear output conv.
         n_filters: filters of those layers.
         output_kernel_size: kernel of each block's linear output conv (1 as in the benchmark).
+        negative_slope: slope of the leaky ReLUs (0.1 as in the benchmark; 0 for plain ReLUs).
+        kspace_residual: KCNN as ``k + KCNN(k)`` (the reference's KCNN replaces k: False).
+        init: ``"zero-output"`` (every block starts as the identity) or ``"default"`` (torch's; ``ConvStack``).
         dc_lambda: lambda of the noise-aware data consistency; None (default) is lambda = inf, plain replacement.
         learn_lambda: learn lambda (one per iteration), initialised at ``dc_lambda``.
     """
 
-    def __init__(self, n_iter: int = 2, n_layers: int = 25, n_filters: int = 32, output_kernel_size: int = 1,
+    def __init__(self, n_iter: int = 2, n_layers: int = 16, n_filters: int = 48, output_kernel_size: int = 1,
+                 negative_slope: float = 0.1, kspace_residual: bool = True, init: str = "zero-output",
                  dc_lambda: float | None = None, learn_lambda: bool = False) -> None:
         super().__init__()
         if min(n_iter, n_layers, n_filters) < 1:
             raise ValueError(f"n_iter ({n_iter}), n_layers ({n_layers}) and n_filters ({n_filters}) must be >= 1")
         self.n_blocks = 2 * n_iter
-        self.kspace_nets = nn.ModuleList(ConvStack(2, n_filters, n_layers, output_kernel_size) for _ in range(n_iter))
-        self.image_nets = nn.ModuleList(ConvStack(2, n_filters, n_layers, output_kernel_size) for _ in range(n_iter))
+        self.n_stages = self.n_blocks  # stage-wise training: one stage per block
+        self.kspace_residual = kspace_residual
+        block = (2, n_filters, n_layers, output_kernel_size, negative_slope, init)
+        self.kspace_nets = nn.ModuleList(ConvStack(*block) for _ in range(n_iter))
+        self.image_nets = nn.ModuleList(ConvStack(*block) for _ in range(n_iter))
         self.consistency = nn.ModuleList(data_consistency(dc_lambda, learn_lambda) for _ in range(n_iter))
         self.active_blocks = self.n_blocks  # blocks the forward runs (fewer during stage-wise training)
         self.training_stage: int | None = None
@@ -107,7 +127,9 @@ class KIKINet(nn.Module):
         blocks = zip(self.kspace_nets, self.image_nets, self.consistency)  # noqa: B905 (TorchScript: no strict=)
         for index, (kspace_net, image_net, consistency) in enumerate(blocks):
             if 2 * index < self.active_blocks:
-                current = unfold_coils(kspace_net(fold_coils(current)), current)
+                folded = fold_coils(current)
+                folded = folded + kspace_net(folded) if self.kspace_residual else kspace_net(folded)
+                current = unfold_coils(folded, current)
                 image = kspace_to_image(current, maps)
             if 2 * index + 1 < self.active_blocks:
                 image = image + channels_to_complex(image_net(complex_to_channels(image)))

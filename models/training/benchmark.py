@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import itertools
 import json
 import math
 import re
@@ -41,7 +40,15 @@ from mrdserve.models.data.prepare import output_to_image
 from mrdserve.models.nets.complex import complex_to_real, real_to_complex
 from mrdserve.models.physics.fft import fftnc
 from mrdserve.models.physics.kernels import sense_reduce
-from mrdserve.models.training.config import DATA_KINDS, DEVICES, TrainConfig, config_from_dict, read_yaml
+from mrdserve.models.training.config import (
+    DATA_KINDS,
+    DEVICES,
+    NetworkConfig,
+    TrainConfig,
+    config_from_dict,
+    network_stages,
+    read_yaml,
+)
 from mrdserve.models.training.datasets import collate_examples
 
 HEADLINE = ("pdnet", "xpdnet", "cascade", "kiki", "unet", "zf")  # the last line's keys, in its order
@@ -61,7 +68,9 @@ class MethodConfig:
     name: str  # the table's and the last line's name (zf, unet, kiki, cascade, pdnet, xpdnet)
     network: str  # registry name (models.nets.registry)
     kwargs: dict[str, Any] = field(default_factory=dict)
-    stagewise: bool = False  # KIKI-net as the thesis trained it: one block at a time, the budget split evenly
+    # KIKI-net as the thesis trained it: one block at a time (the trainer's loop.stagewise), the budget split evenly
+    # (steps // n_stages steps per block; the remainder, fewer than n_stages steps, trains every block jointly)
+    stagewise: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,7 +263,8 @@ def with_overrides(config: BenchmarkConfig, steps: int | None = None, data_path:
 _TRAINER_FIELDS = {"network.name": "methods[{i}].network", "network.kwargs": "methods[{i}].kwargs",
                    "loop.steps": "steps", "loop.batch_size": "batch_size", "loop.device": "device",
                    "loop.log_every": "log_every", "loop.num_workers": "num_workers",
-                   "loop.mixed_precision": "mixed_precision", "data.val_size": "data.test_size"}
+                   "loop.mixed_precision": "mixed_precision", "data.val_size": "data.test_size",
+                   "loop.stagewise": "methods[{i}].stagewise"}
 
 
 def _benchmark_field(message: str, index: int, file_data: bool) -> str:
@@ -272,10 +282,17 @@ def _benchmark_field(message: str, index: int, file_data: bool) -> str:
 def train_config(config: BenchmarkConfig, method: MethodConfig, output_dir: Path,
                  steps: int | None = None) -> TrainConfig:
     """The trainer's config of ``method`` under the benchmark's protocol (no periodic validation; checkpoints
-    only at the end, in ``output_dir``)."""
+    only at the end, in ``output_dir``; a stage-wise method's budget split evenly over its stages)."""
     data = config.data
     file_data = data.kind != "synthetic"
     budget = config.steps if steps is None else steps
+    index = config.methods.index(method) if method in config.methods else 0
+    stagewise = None
+    if method.stagewise:
+        try:
+            stagewise = {"steps_per_stage": budget // network_stages(NetworkConfig(method.network, method.kwargs))}
+        except ValueError as exc:
+            raise ValueError(_benchmark_field(str(exc), index, file_data)) from exc
     trainer = {
         "name": f"{config.name}-{method.name}", "task": config.task, "seed": config.seed,
         "network": {"name": method.network, "kwargs": dict(method.kwargs)},
@@ -287,13 +304,13 @@ def train_config(config: BenchmarkConfig, method: MethodConfig, output_dir: Path
                   "weight_decay": config.optim.weight_decay, "scheduler": "none"},
         "loop": {"steps": budget, "batch_size": config.batch_size, "val_every": 0, "val_examples": 0,
                  "checkpoint_every": budget, "log_every": config.log_every, "device": config.device,
-                 "num_workers": config.num_workers, "mixed_precision": config.mixed_precision},
+                 "num_workers": config.num_workers, "mixed_precision": config.mixed_precision,
+                 "stagewise": stagewise},
         "loss": config.loss, "output_dir": str(output_dir),
     }
     try:
         return config_from_dict(trainer)
     except ValueError as exc:
-        index = config.methods.index(method) if method in config.methods else 0
         raise ValueError(_benchmark_field(str(exc), index, file_data)) from exc
 
 
@@ -317,6 +334,10 @@ class NetworkInputs(nn.Module):
                              "feeds (kspace, mask, smaps), the adjoint image or a single-coil (kspace, mask)")
         self.network = network
 
+    def set_training_stage(self, stage: int | None) -> list[nn.Parameter]:
+        """The wrapped network's stage-wise training (KIKI-net; the trainer's ``loop.stagewise`` calls it)."""
+        return self.network.set_training_stage(stage)
+
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor) -> torch.Tensor:
         if self.form == "sense":
             return self.network(kspace, mask, smaps)
@@ -329,12 +350,6 @@ class NetworkInputs(nn.Module):
 def parameter_count(model: nn.Module) -> int:
     """Number of parameters (trainable or not)."""
     return sum(p.numel() for p in model.parameters())
-
-
-def stage_ranges(steps: int, n_stages: int) -> list[tuple[int, int]]:
-    """Steps ``[start, end)`` of each of ``n_stages`` stages: the budget split as evenly as it goes."""
-    bounds = [round(steps * stage / n_stages) for stage in range(n_stages + 1)]
-    return list(itertools.pairwise(bounds))
 
 
 # --- training ---------------------------------------------------------------------------------------------------
@@ -415,33 +430,26 @@ def train_method(config: BenchmarkConfig, method: MethodConfig, train_set: Datas
     run = loop.build_run(trainer, resume=False)  # devices, determinism, loss, scaler: as `mrdserve train` has them
     if run.writer is not None:
         run.writer.close()
-    network = model.network
+    run = dataclasses.replace(run, model=model, network=loop.wrap_network(model, run.dist, run.device), writer=None,
+                              loader=loop.step_loader(trainer, train_set, run.dist, run.device, 0))
     result.fit_before = fitting_loss(run, model, train_set)
-    stages: list[tuple[int | None, int, int]] = [(None, 0, config.steps)]
-    if method.stagewise:
-        n_blocks = int(network.n_blocks)
-        stages = [(s, a, b) for s, (a, b) in enumerate(stage_ranges(config.steps, n_blocks)) if b > a]
+    if run.stages is not None:
+        loop.enter_stage(run, run.stages.stage_at(0))  # the first stage's optimiser, over this model's parameters
+    else:
+        run.optimizer = loop.build_optimizer(trainer, model.parameters())
+        run.scheduler = loop.build_scheduler(trainer, run.optimizer)
     model.train()
     started = time.perf_counter()
-    for stage, start, end in stages:
-        parameters = (network.set_training_stage(stage) if stage is not None
-                      else [p for p in model.parameters() if p.requires_grad])
-        optimizer = loop.build_optimizer(trainer, parameters)
-        stage_config = loop.with_overrides(trainer, steps=end)
-        run = dataclasses.replace(
-            run, model=model, network=loop.wrap_network(model, run.dist, run.device), optimizer=optimizer,
-            scheduler=loop.build_scheduler(trainer, optimizer), writer=None,
-            loader=loop.step_loader(stage_config, train_set, run.dist, run.device, start))
-        for batch in run.loader:
-            result.losses.append(loop.training_step(run, batch))
-            step = len(result.losses)
-            if step % config.log_every == 0 or step == config.steps:
-                recent = result.losses[-config.log_every:]
-                say(f"  {method.name}: step {step}/{config.steps}"
-                    f"{'' if stage is None else f' (stage {stage})'} loss {_mean(recent):.5f} "
-                    f"({(time.perf_counter() - started) / step:.3f} s/step)")
-    if method.stagewise:
-        network.set_training_stage(None)
+    for batch in run.loader:
+        loop.advance_stage(run, len(result.losses))
+        result.losses.append(loop.training_step(run, batch))
+        step = len(result.losses)
+        if step % config.log_every == 0 or step == config.steps:
+            recent = result.losses[-config.log_every:]
+            stage = "" if run.stages is None else f" ({'joint' if run.stage is None else f'stage {run.stage}'})"
+            say(f"  {method.name}: step {step}/{config.steps}{stage} loss {_mean(recent):.5f} "
+                f"({(time.perf_counter() - started) / step:.3f} s/step)")
+    loop.end_stages(run)
     result.steps, result.train_seconds = len(result.losses), time.perf_counter() - started
     result.fit_after = fitting_loss(run, model, train_set)
     model.eval()

@@ -73,6 +73,22 @@ class OptimConfig:
 
 
 @dataclass
+class StagewiseConfig:
+    """Stage-wise training of a network with stages (``set_training_stage``: KIKI-net, one stage per block).
+
+    Stage s (0-based) runs steps ``[s * steps_per_stage, (s + 1) * steps_per_stage)``: the network's forward stops
+    after block s, every other block is frozen, and a fresh optimiser (and schedule, over the stage's steps) covers
+    that block's parameters alone. The ``loop.steps - n_stages * steps_per_stage`` steps after the last stage train
+    every parameter jointly, with one more fresh optimiser; ``n_stages * steps_per_stage == loop.steps`` is the
+    thesis's schedule (Ramzi, ch. 4: KIKI-net's K, I, K, I blocks trained one after the other, each with the earlier
+    ones frozen, no joint phase). A run resumed mid-stage continues in that stage; validation during a stage scores
+    the network up to that stage's block. The stage-wise benchmark (``models.training.benchmark``) uses the same.
+    """
+
+    steps_per_stage: int  # steps of each block's stage
+
+
+@dataclass
 class LoopConfig:
     """How long and how the loop runs.
 
@@ -98,6 +114,9 @@ class LoopConfig:
     # fine-tune: start from these weights (a checkpoint .pt or an artifact directory's model.ts); parameters of
     # the same name and shape are copied, the rest keep their fresh initialisation
     init_from: str | None = None
+    # stage-wise training (KIKI-net): {steps_per_stage: N} trains the network's blocks one at a time, N steps
+    # each, then all of them jointly for the steps left (see StagewiseConfig); null (default) trains jointly
+    stagewise: StagewiseConfig | None = None
 
 
 @dataclass
@@ -240,6 +259,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         _positive(getattr(config.loop, name), f"loop.{name}")
     for name in ("val_every", "val_examples", "num_workers"):
         _positive(getattr(config.loop, name), f"loop.{name}", allow_zero=True)
+    _check_stagewise(config)
     from mrdserve.models.data.prepare import PREPARATION_SPECS
 
     spec = PREPARATION_SPECS[config.preparation.name]
@@ -251,6 +271,36 @@ def validate(config: TrainConfig) -> TrainConfig:
     except ValueError as exc:
         raise ValueError(f"preparation.params: {exc}") from exc
     return config
+
+
+def network_stages(network: NetworkConfig) -> int:
+    """How many training stages ``network`` has (its ``n_stages``); ``ValueError`` naming ``loop.stagewise`` when it
+    has none. The network is built on the meta device: no memory, no initialisation cost."""
+    import torch
+
+    from mrdserve.models.nets.registry import NETWORKS, build_network
+
+    if not callable(getattr(NETWORKS.get(network.name), "set_training_stage", None)):
+        staged = sorted(name for name, cls in NETWORKS.items() if callable(getattr(cls, "set_training_stage", None)))
+        raise ValueError(f"loop.stagewise: network {network.name!r} has no training stages; stage-wise training "
+                         f"needs a network with set_training_stage ({', '.join(staged)}): remove loop.stagewise")
+    try:
+        with torch.device("meta"):
+            model = build_network(network.name, **network.kwargs)
+    except ValueError as exc:
+        raise ValueError(f"network.kwargs: {exc}") from exc
+    return int(model.n_stages)
+
+
+def _check_stagewise(config: TrainConfig) -> None:
+    stagewise = config.loop.stagewise
+    if stagewise is None:
+        return
+    _positive(stagewise.steps_per_stage, "loop.stagewise.steps_per_stage")
+    n_stages = network_stages(config.network)
+    if n_stages * stagewise.steps_per_stage > config.loop.steps:
+        raise ValueError(f"loop.stagewise.steps_per_stage: {n_stages} stages of {stagewise.steps_per_stage} steps "
+                         f"need {n_stages * stagewise.steps_per_stage} steps, but loop.steps is {config.loop.steps}")
 
 
 def config_from_dict(data: Any) -> TrainConfig:

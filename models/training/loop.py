@@ -16,7 +16,10 @@ averages the gradients over ranks and every loss is a mean over its batch, so W 
 one process takes on the W * B examples together (tests/training/test_ddp.py); checkpoints move freely between
 the two (same global batch). ``loop.mixed_precision: bf16`` runs the network's convolution blocks under bfloat16
 autocast (``enable_mixed_precision``). Progress: a tqdm bar (loss, samples/s, ETA) when stderr is a terminal,
-else a log line every ``loop.log_every`` steps.
+else a log line every ``loop.log_every`` steps. ``loop.stagewise`` (KIKI-net) trains the network's blocks one at
+a time, then jointly (``StageSchedule``, ``enter_stage``): each stage gets a fresh optimiser over its own
+parameters, and a checkpoint holds the optimiser of the stage that ran its last step, so a resumed run continues in
+the right stage.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from mrdserve.models.nets.registry import build_network
 from mrdserve.models.physics.masks import MaskFunc
 from mrdserve.models.training import checkpoint as ckpt
-from mrdserve.models.training.config import TrainConfig, config_to_dict
+from mrdserve.models.training.config import TrainConfig, config_to_dict, network_stages
 from mrdserve.models.training.datasets import (
     FastMRIDataset,
     IsmrmrdDataset,
@@ -267,15 +270,16 @@ def build_optimizer(config: TrainConfig, parameters: Any) -> torch.optim.Optimiz
     return classes[config.optim.name](parameters, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
 
 
-def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
-    """None, StepLR (step_size, gamma) or CosineAnnealingLR (t_max = loop.steps unless given, eta_min)."""
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps: int | None = None) -> Any:
+    """None, StepLR (step_size, gamma) or CosineAnnealingLR (t_max = ``steps`` unless given, eta_min); ``steps``
+    defaults to loop.steps (a stage of stage-wise training passes its own length)."""
     params = dict(config.optim.scheduler_params)
     try:
         if config.optim.scheduler == "step":
             return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(params.pop("step_size", 1000)),
                                                    gamma=float(params.pop("gamma", 0.5)), **params)
         if config.optim.scheduler == "cosine":
-            t_max = int(params.pop("t_max", config.loop.steps))
+            t_max = int(params.pop("t_max", config.loop.steps if steps is None else steps))
             return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max,
                                                               eta_min=float(params.pop("eta_min", 0.0)), **params)
     except TypeError as exc:
@@ -330,6 +334,40 @@ def _check_compatible(saved: dict[str, Any], config: TrainConfig, path: Path) ->
         if saved["config"].get(key) != current[key]:
             raise ValueError(f"{key}: the run in {path.parent} was started with {saved['config'].get(key)!r}, "
                              f"the config now says {current[key]!r}; use a new output_dir or --no-resume")
+    stagewise = saved["config"].get("loop", {}).get("stagewise")  # its optimiser covers one stage's parameters
+    if stagewise != current["loop"]["stagewise"]:
+        raise ValueError(f"loop.stagewise: the run in {path.parent} was started with {stagewise!r}, the config now "
+                         f"says {current['loop']['stagewise']!r}; use a new output_dir or --no-resume")
+
+
+# --- stage-wise training -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageSchedule:
+    """``loop.stagewise``: stage s (0-based) trains steps ``[s * steps_per_stage, (s + 1) * steps_per_stage)``;
+    the steps after the last of the ``n_stages`` stages train every parameter (stage None)."""
+
+    n_stages: int
+    steps_per_stage: int
+    steps: int  # loop.steps
+
+    def stage_at(self, step: int) -> int | None:
+        """The stage that runs step ``step`` (0-based: the number of steps done before it)."""
+        stage = step // self.steps_per_stage
+        return stage if stage < self.n_stages else None
+
+    def length(self, stage: int | None) -> int:
+        """How many steps ``stage`` runs (None: the joint steps after the last stage)."""
+        return self.steps_per_stage if stage is not None else self.steps - self.n_stages * self.steps_per_stage
+
+
+def stage_schedule(config: TrainConfig) -> StageSchedule | None:
+    """The stage schedule of ``loop.stagewise``, or None for joint training."""
+    stagewise = config.loop.stagewise
+    if stagewise is None:
+        return None
+    return StageSchedule(network_stages(config.network), stagewise.steps_per_stage, config.loop.steps)
 
 
 # --- the run -------------------------------------------------------------------------------------------------
@@ -360,6 +398,8 @@ class TrainingRun:
     latest: Path | None  # the checkpoint resumed from
     metrics: dict[str, Any]  # the last validation metrics
     baseline_cache: dict[str, Any]  # per-volume baseline metrics of earlier validations (computed once)
+    stages: StageSchedule | None = None  # loop.stagewise, or None (joint training)
+    stage: int | None = None  # the stage the optimiser belongs to (None: every parameter)
 
 
 def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
@@ -379,9 +419,11 @@ def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
 
 def restore_checkpoint(path: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
                        scheduler: Any, scaler: torch.amp.GradScaler, device: torch.device,
-                       ) -> tuple[int, dict[str, Any]]:
-    """Load model, optimiser, scheduler, scaler and RNG states from ``path``; return its step and metrics."""
-    saved = ckpt.load_checkpoint(path, map_location=device)
+                       saved: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    """Load model, optimiser, scheduler, scaler and RNG states from ``path`` (or from ``saved``, its contents
+    already read); return its step and metrics."""
+    if saved is None:
+        saved = ckpt.load_checkpoint(path, map_location=device)
     _check_compatible(saved, config, path)
     model.load_state_dict(saved["model_state"])
     optimizer.load_state_dict(saved["optimizer_state"])
@@ -428,14 +470,21 @@ def build_run(config: TrainConfig, resume: bool = True) -> TrainingRun:
     if config.data.cache:
         train_set, val_set = CachedDataset(train_set), CachedDataset(val_set)
     model = build_model(config, device)
-    optimizer = build_optimizer(config, model.parameters())
-    scheduler = build_scheduler(config, optimizer)
+    latest = ckpt.latest_checkpoint(output_dir) if resume else None
+    saved = ckpt.load_checkpoint(latest, map_location=device) if latest is not None else None
+    stages, stage = stage_schedule(config), None
+    if stages is not None:  # the optimiser of the stage that ran the checkpoint's last step (or the first stage)
+        stage = stages.stage_at(max(int(saved["step"]) - 1, 0) if saved is not None else 0)
+        optimizer = build_optimizer(config, model.set_training_stage(stage))
+        scheduler = build_scheduler(config, optimizer, stages.length(stage))
+    else:
+        optimizer = build_optimizer(config, model.parameters())
+        scheduler = build_scheduler(config, optimizer)
     use_amp = config.loop.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    latest = ckpt.latest_checkpoint(output_dir) if resume else None
     start_step, metrics = 0, {}
     if latest is not None:
-        start_step, metrics = restore_checkpoint(latest, config, model, optimizer, scheduler, scaler, device)
+        start_step, metrics = restore_checkpoint(latest, config, model, optimizer, scheduler, scaler, device, saved)
     return TrainingRun(
         config=config, dist=dist, device=device, output_dir=output_dir, model=model,
         network=wrap_network(model, dist, device), optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -445,7 +494,35 @@ def build_run(config: TrainConfig, resume: bool = True) -> TrainingRun:
         data_info=data_info, config_dict=config_to_dict(config),
         writer=_tensorboard(output_dir / "tensorboard") if dist.is_main else None,
         start_step=start_step, latest=latest, metrics=metrics,
-        baseline_cache={row["volume"]: row["baselines"] for row in metrics.get("per_volume", [])})
+        baseline_cache={row["volume"]: row["baselines"] for row in metrics.get("per_volume", [])},
+        stages=stages, stage=stage)
+
+
+def enter_stage(run: TrainingRun, stage: int | None) -> None:
+    """Stage-wise training: train ``stage`` from here on (None: every parameter), with a fresh optimiser over its
+    trainable parameters and a fresh schedule over its steps. The previous stage's gradients are dropped (frozen
+    parameters would otherwise keep them and count in the clipped gradient norm), and DDP wraps the network anew
+    (it registers the parameters that need gradients when it wraps)."""
+    if run.stages is None:
+        raise ValueError("enter_stage: the run has no loop.stagewise")
+    run.model.zero_grad(set_to_none=True)
+    run.optimizer = build_optimizer(run.config, run.model.set_training_stage(stage))
+    run.scheduler = build_scheduler(run.config, run.optimizer, run.stages.length(stage))
+    run.network = wrap_network(run.model, run.dist, run.device)
+    run.stage = stage
+    log.info("stage-wise training: %s", "every parameter (joint)" if stage is None else f"stage {stage}")
+
+
+def advance_stage(run: TrainingRun, step: int) -> None:
+    """Before step ``step`` (0-based) of a stage-wise run: enter its stage when the run is not in it yet."""
+    if run.stages is not None and run.stages.stage_at(step) != run.stage:
+        enter_stage(run, run.stages.stage_at(step))
+
+
+def end_stages(run: TrainingRun) -> None:
+    """After a stage-wise run: every parameter trainable and every block run again (what is saved and exported)."""
+    if run.stages is not None:
+        run.model.set_training_stage(None)
 
 
 # --- the steps -----------------------------------------------------------------------------------------------
@@ -526,12 +603,14 @@ def train(config: TrainConfig, resume: bool = True, interactive: bool | None = N
     ``interactive`` (default: whether stderr is a terminal) chooses the progress bar over log lines."""
     run = build_run(config, resume)
     try:
-        return _train_steps(run, stderr_is_interactive() if interactive is None else interactive)
+        return train_steps(run, stderr_is_interactive() if interactive is None else interactive)
     finally:
         shutdown_distributed(run.dist)
 
 
-def _train_steps(run: TrainingRun, interactive: bool) -> TrainResult:
+def train_steps(run: TrainingRun, interactive: bool = False) -> TrainResult:
+    """Run the steps of a built run from its start step to loop.steps: training, logging, validation, checkpoints
+    (and the stages of loop.stagewise, leaving every parameter trainable at the end)."""
     loop = run.config.loop
     progress = Progress(loop.steps, run.start_step, run.dist.is_main, interactive)
     result = TrainResult(step=run.start_step, checkpoint=run.latest, metrics=run.metrics,
@@ -540,6 +619,7 @@ def _train_steps(run: TrainingRun, interactive: bool) -> TrainResult:
     step, started, examples = run.start_step, time.perf_counter(), 0
     with progress:
         for batch in run.loader:
+            advance_stage(run, step)
             loss = training_step(run, batch)
             step += 1
             examples += len(batch) * run.dist.world_size
@@ -555,6 +635,7 @@ def _train_steps(run: TrainingRun, interactive: bool) -> TrainResult:
             at_end = step == loop.steps
             if periodic_val or step % loop.checkpoint_every == 0 or at_end:
                 validate_and_save(run, result, step, validate=periodic_val or at_end)
+    end_stages(run)
     if run.writer is not None:
         run.writer.close()
     if step == run.start_step and run.latest is None:  # no step ran and no file yet: still leave one

@@ -27,6 +27,15 @@ def tiny(name: str, **kwargs) -> nn.Module:
     return network(**{**defaults, **kwargs})
 
 
+def randomised(model: nn.Module) -> nn.Module:
+    """``model`` with every parameter perturbed, so that no block is the identity (KIKI-net starts as one: an
+    export check of the identity would not see a wrong KCNN or ICNN)."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return model
+
+
 @pytest.mark.parametrize("name", NETS)
 @pytest.mark.parametrize("shape", [(16, 12), (15, 13)])
 def test_output_shapes_multicoil_and_single_coil(name, shape):
@@ -41,7 +50,8 @@ def test_output_shapes_multicoil_and_single_coil(name, shape):
 
 @pytest.mark.parametrize("name", NETS)
 def test_single_coil_with_maps_of_ones_equals_the_form_without_maps(name):
-    model = tiny(name)
+    torch.manual_seed(0)
+    model = randomised(tiny(name))
     kspace, mask, _ = random_inputs(2, 1, (16, 16))
     ones = torch.stack([torch.ones(2, 1, 16, 16), torch.zeros(2, 1, 16, 16)], dim=-1)
     assert torch.allclose(model(kspace, mask, ones), model(kspace, mask), atol=1e-6)
@@ -50,7 +60,7 @@ def test_single_coil_with_maps_of_ones_equals_the_form_without_maps(name):
 @pytest.mark.parametrize("name", NETS)
 def test_replacement_keeps_the_measured_samples_single_coil(name):
     torch.manual_seed(0)
-    model = tiny(name)
+    model = randomised(tiny(name))
     kspace, mask, _ = random_inputs(2, 1, (16, 16))
     image, final_kspace = model.reconstruct(kspace, mask)
     measured = torch.view_as_complex(kspace)
@@ -62,7 +72,7 @@ def test_replacement_keeps_the_measured_samples_single_coil(name):
 @pytest.mark.parametrize("name", NETS)
 def test_fully_sampled_multicoil_with_replacement_returns_the_measured_kspace_and_sense_image(name):
     torch.manual_seed(0)
-    model = tiny(name)
+    model = randomised(tiny(name))
     kspace, _, smaps = random_inputs(2, 3, (16, 12), seed=1, normalise_maps=True)
     kspace = torch.randn(kspace.shape, generator=torch.Generator().manual_seed(5))
     mask = torch.ones(2, 1, 16, 12)
@@ -74,12 +84,15 @@ def test_fully_sampled_multicoil_with_replacement_returns_the_measured_kspace_an
     assert torch.allclose(model(kspace, mask, smaps), expected.abs(), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", NETS)
-def test_zeroed_cnns_return_the_zero_filled_image(name):
-    """Zeroed CNNs add nothing (KIKI's k-space CNNs output 0, its image CNNs are residual): data consistency
-    puts the measured samples back, which leaves the zero-filled image."""
+@pytest.mark.parametrize("form", [
+    ("cascade", {}), ("kiki", {}), ("kiki", {"kspace_residual": False, "init": "default"})],
+    ids=["cascade", "kiki", "kiki-reference-form"])
+def test_zeroed_cnns_return_the_zero_filled_image(form):
+    """Zeroed CNNs add nothing (residual image CNNs; KIKI's k-space CNNs are residual too, or, in the reference's
+    non-residual form, output 0): data consistency puts the measured samples back, leaving the zero-filled image."""
+    name, kwargs = form
     (kspace, mask), _ = single_coil_example()
-    model = tiny(name)
+    model = tiny(name, **kwargs)
     for parameter in model.parameters():
         nn.init.zeros_(parameter)
     expected = ifft2c(torch.view_as_complex(kspace[:, 0])).abs()
@@ -101,14 +114,17 @@ def test_a_few_adam_steps_reduce_the_loss(name, multicoil):
 
 @pytest.mark.parametrize("name", NETS)
 def test_gradients_reach_every_parameter_including_learned_lambdas(name):
-    model = tiny(name, dc_lambda=5.0, learn_lambda=True)
+    """On random weights: KIKI-net's output convs start at zero (each block the identity), which by design
+    leaves the layers before them without gradient until the first step."""
+    torch.manual_seed(0)
+    model = randomised(tiny(name, dc_lambda=5.0, learn_lambda=True))
     assert_gradients_reach_all_parameters(model, random_inputs(2, 3, (16, 16)))
 
 
 @pytest.mark.parametrize("name", NETS)
 def test_scripts_and_exports_multicoil_with_dynamic_batch_coil_and_spatial_axes(name):
     torch.manual_seed(0)
-    model = tiny(name, dc_lambda=2.0, learn_lambda=True, **EXPORTED[name])
+    model = randomised(tiny(name, dc_lambda=2.0, learn_lambda=True, **EXPORTED[name]))
     example = random_inputs(2, 3, (16, 16), seed=1)
     other_batch = random_inputs(3, 3, (16, 16), seed=2)
     other_sizes = [random_inputs(1, 4, (20, 24), seed=3), random_inputs(2, 5, (17, 13), seed=4)]
@@ -119,7 +135,7 @@ def test_scripts_and_exports_multicoil_with_dynamic_batch_coil_and_spatial_axes(
 @pytest.mark.parametrize("name", NETS)
 def test_scripts_and_exports_single_coil_without_maps(name):
     torch.manual_seed(0)
-    model = tiny(name)
+    model = randomised(tiny(name))
     example = random_inputs(2, 1, (16, 16), seed=1)[:2]
     other_batch = random_inputs(3, 1, (16, 16), seed=2)[:2]
     assert assert_exports(model, example, other_batch) == "script"

@@ -17,16 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
+from mrdserve.models.nets.registry import build_network
 from mrdserve.models.training.benchmark import (
     BUNDLED_CONFIG,
     HEADLINE,
     NetworkInputs,
     benchmark_config_from_dict,
     load_benchmark_config,
-    stage_ranges,
+    train_config,
+    train_method,
 )
 from mrdserve.service.cli import main
 
@@ -157,14 +160,33 @@ def test_cli_reports_config_and_data_errors(tmp_path, capsys):
     assert "holds no .h5 files" in capsys.readouterr().err
 
 
-def test_stage_ranges_split_the_budget():
-    assert stage_ranges(10, 4) == [(0, 2), (2, 5), (5, 8), (8, 10)]
-    assert stage_ranges(2, 4) == [(0, 0), (0, 1), (1, 2), (2, 2)]  # an empty stage is skipped
+KIKI_STAGEWISE = {"name": "kiki", "network": "kikinet", "kwargs": {"n_iter": 2, "n_layers": 2, "n_filters": 4},
+                  "stagewise": True}
+
+
+def test_stagewise_method_splits_the_budget_over_the_trainers_stages(tmp_path):
+    from mrdserve.models.training import loop
+
+    data = {**tiny_config()["data"], "train_size": 2}
+    config = benchmark_config_from_dict({**tiny_config(), "steps": 5, "methods": [KIKI_STAGEWISE], "data": data,
+                                         "preparation": {"params": {"sensitivities": "acs"}}})
+    method = config.methods[0]
+    trainer = train_config(config, method, tmp_path)
+    assert trainer.loop.stagewise.steps_per_stage == 1  # 4 stages of 1 step, then 1 joint step
+    train_set, _, _ = loop.build_datasets(trainer)
+    torch.manual_seed(0)
+    model, result = train_method(config, method, train_set, tmp_path, say=lambda _: None)
+    assert result.steps == 5 and all(math.isfinite(v) for v in result.losses)
+    assert all(p.requires_grad for p in model.parameters()) and model.network.active_blocks == 4
+    untrained = build_network("kikinet", **method.kwargs)  # every block starts as the identity: its output conv is 0
+    for name, parameter in model.network.named_parameters():
+        if name.endswith(("layers.4.weight", "layers.4.bias")):
+            assert not torch.equal(parameter, untrained.state_dict()[name]), name  # every block was trained
+    with pytest.raises(ValueError, match=r"^methods\[0\]\.stagewise\.steps_per_stage: must be > 0"):
+        benchmark_config_from_dict({**tiny_config(), "steps": 3, "methods": [KIKI_STAGEWISE]})
 
 
 def test_inputs_reach_each_network_in_its_form():
-    from mrdserve.models.nets.registry import build_network
-
     forms = {name: NetworkInputs(build_network(name, **kwargs)).form for name, kwargs in
              {"zero-filled": {}, "unet": {"filters": [4, 8]}, "pdnet": {"n_iter": 1, "n_filters": 4},
               "cascadenet": {"n_cascades": 1, "n_layers": 1, "n_filters": 4},

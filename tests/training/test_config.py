@@ -41,6 +41,14 @@ def test_defaults_and_int_accepted_for_float():
     assert config.loop.device == "auto" and config.network.name == "xpdnet"
 
 
+def test_stagewise_is_off_by_default_and_round_trips():
+    assert config_from_dict(_with()).loop.stagewise is None
+    config = config_from_dict(_with(network={"name": "kikinet", "kwargs": {"n_iter": 3}},
+                                    loop={"steps": 7, "stagewise": {"steps_per_stage": 1}}))
+    assert config.loop.stagewise.steps_per_stage == 1  # 6 stages (K-I-K-I-K-I), then 1 joint step
+    assert config_from_dict(config_to_dict(config)) == config
+
+
 @pytest.mark.parametrize(("data", "message"), [
     (_with(optim={"lr": "fast"}), "optim.lr: expected float, got str 'fast'"),
     (_with(loop={"stepz": 3}), "loop.stepz: unknown key"),
@@ -59,6 +67,15 @@ def test_defaults_and_int_accepted_for_float():
     (_with(optim={"scheduler": "linear"}), "optim.scheduler: unknown value 'linear'"),
     (_with(optim={"lr": -1.0}), "optim.lr: must be > 0"),
     ({"task": "cartesian2d-multicoil"}, "name: required field is missing"),
+    (_with(loop={"stagewise": {"steps_per_stage": 2}}), "loop.stagewise: network 'xpdnet' has no training stages"),
+    (_with(network={"name": "kikinet"}, loop={"stagewise": 5}), "loop.stagewise: expected a mapping, got int 5"),
+    (_with(network={"name": "kikinet"}, loop={"stagewise": {"steps": 2}}), "loop.stagewise.steps: unknown key"),
+    (_with(network={"name": "kikinet"}, loop={"stagewise": {"steps_per_stage": 0}}),
+     "loop.stagewise.steps_per_stage: must be > 0"),
+    (_with(network={"name": "kikinet"}, loop={"steps": 10, "stagewise": {"steps_per_stage": 3}}),
+     "loop.stagewise.steps_per_stage: 4 stages of 3 steps need 12 steps, but loop.steps is 10"),
+    (_with(network={"name": "kikinet", "kwargs": {"n_iter": 0}}, loop={"stagewise": {"steps_per_stage": 1}}),
+     "network.kwargs: "),
     ([1, 2], "config: expected a mapping"),
 ])
 def test_errors_name_the_field(data, message):
