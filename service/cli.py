@@ -36,6 +36,10 @@ COMMANDS: dict[str, Command] = {
                      "train a network from a YAML config (offline trainer)"),
     "evaluate": Command("mrdserve.models.training.cli", "add_evaluate_arguments", "run_evaluate",
                         "compare a trained model with the classical baselines on a data set"),
+    "denoise": Command("mrdserve.models.training.denoise_cli", "add_denoise_arguments", "run_denoise",
+                       "denoise a magnitude image (.npy, PNG, NIfTI, DICOM) with a trained denoiser (Learnlets)",
+                       "Denoise every 2D slice of INPUT with MODEL (a denoiser checkpoint or TorchScript file); "
+                       "without --sigma the noise level is estimated (Donoho's MAD rule) and printed."),
     "benchmark": Command("mrdserve.models.training.cli", "add_benchmark_arguments", "run_benchmark",
                          "train and compare the unrolled networks under one protocol (the thesis's benchmark)",
                          "Train every network of CONFIG with the same optimiser, loss, data and step budget, then "

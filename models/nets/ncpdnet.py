@@ -16,16 +16,22 @@ trajectories in one batch, and the layout the dynamic-batch ONNX export uses). O
 pointwise ops inside, so it scripts and exports to ONNX. ``forward_nufft`` is the reference form with the
 same weights that applies the NUFFT every iteration (training ablations, checks); the two agree with and
 without refinement.
+
+``prior="learnlets"`` (2D only) replaces each iteration's CNN by ``LearnletsCorrection``: the same residual update
+of the buffer, computed by ``LearnletsPrior`` (models.nets.learnlets) from the same [buffer, gradient] channels:
+1x1 convolutions around Learnlets that denoise each mixed channel with its own learned noise level, initially one
+proximal gradient step ``x <- D(x - step * gradient)`` per buffer image.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from mrdserve.models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
+from mrdserve.models.nets.learnlets import LearnletsPrior
 from mrdserve.models.physics.kernels import (
     combine_coils,
     combine_coils_channels,
@@ -62,6 +68,25 @@ class ImageCorrection(nn.Module):
         return buffer + self.layers(stacked)
 
 
+class LearnletsCorrection(nn.Module):
+    """``ImageCorrection`` with ``LearnletsPrior(2 (n_primal + 1), 2 n_primal, **learnlets)`` as the update (2D)."""
+
+    def __init__(self, n_primal: int, learnlets: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.n_primal = n_primal
+        self.prior = LearnletsPrior(2 * (n_primal + 1), 2 * n_primal, **(learnlets or {}))
+
+    def forward(self, buffer: torch.Tensor, gradient_re: torch.Tensor, gradient_im: torch.Tensor) -> torch.Tensor:
+        """Real channel ``buffer [B, 2 n_primal, y, x]`` (real parts, then imaginary) -> updated buffer."""
+        n = self.n_primal
+        stacked = torch.cat([buffer[:, :n], gradient_re.unsqueeze(1), buffer[:, n:], gradient_im.unsqueeze(1)],
+                            dim=1)
+        return buffer + self.prior(stacked)
+
+
+PRIORS = ("cnn", "learnlets")
+
+
 class NCPDNet(nn.Module):
     """NC-PDNet; defaults are the 2D paper setup (10 iterations, buffer 5, 32 filters: 156,260 parameters).
 
@@ -70,10 +95,14 @@ class NCPDNet(nn.Module):
             see ``ncpdnet_3d``).
         multicoil: take sensitivities and use ``sum_c conj(S_c) T(S_c x)`` as the normal operator.
         refine_sensitivities: refine the maps with the small ``SensitivityRefiner`` (multicoil only).
+        prior: the image nets, "cnn" (``ImageCorrection`` with ``n_filters``) or "learnlets"
+            (``LearnletsCorrection(n_primal, learnlets)``, 2D only).
+        learnlets: keyword arguments of ``LearnletsPrior`` when ``prior="learnlets"``.
     """
 
     def __init__(self, n_iter: int = 10, n_primal: int = 5, n_filters: int = 32, n_dims: int = 2,
-                 multicoil: bool = False, refine_sensitivities: bool = False) -> None:
+                 multicoil: bool = False, refine_sensitivities: bool = False, prior: str = "cnn",
+                 learnlets: dict[str, Any] | None = None) -> None:
         super().__init__()
         if n_dims not in (2, 3):
             raise ValueError(f"n_dims must be 2 or 3, got {n_dims!r}")
@@ -82,12 +111,21 @@ class NCPDNet(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if refine_sensitivities and not multicoil:
             raise ValueError("refine_sensitivities needs multicoil=True")
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
+        if prior == "learnlets" and n_dims != 2:
+            raise ValueError("prior='learnlets' is 2D only (Learnlets are a 2D filter bank); use n_dims=2")
+        if learnlets is not None and prior != "learnlets":
+            raise ValueError("learnlets (keyword arguments) needs prior='learnlets'")
         self.n_iter = n_iter
         self.n_primal = n_primal
         self.n_dims = n_dims
         self.multicoil = multicoil
         self.refine_sensitivities = refine_sensitivities
-        self.image_nets = nn.ModuleList(ImageCorrection(n_primal, n_filters, n_dims) for _ in range(n_iter))
+        if prior == "learnlets":
+            self.image_nets = nn.ModuleList(LearnletsCorrection(n_primal, learnlets) for _ in range(n_iter))
+        else:
+            self.image_nets = nn.ModuleList(ImageCorrection(n_primal, n_filters, n_dims) for _ in range(n_iter))
         if refine_sensitivities:
             from mrdserve.models.nets.sensitivity_refiner import SensitivityRefiner
 

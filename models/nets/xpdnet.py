@@ -5,16 +5,23 @@ A buffer of ``n_primal`` images starts as n_primal copies of the SENSE adjoint A
 image and updates the buffer residually with an MWCNN applied to [buffer, gradient] as real/imaginary channels.
 Sensitivities, optionally refined once by a per-coil U-Net, enter only through the SENSE operator.
 Output: |x_1|.
+
+``prior="learnlets"`` replaces the MWCNN of every iteration by ``LearnletsPrior`` (models.nets.learnlets): a 1x1
+convolution mixes [buffer, gradient] into channels, Learnlets shared by the channels denoise each with its own
+learned noise level, and a 1x1 convolution of [denoised, input] gives the update, initially one proximal gradient
+step ``x <- D(x - step * gradient)`` per buffer image (Learnlets as the sparsity prior, Ramzi's thesis ch. 6).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from mrdserve.models.nets.complex import channels_to_complex, complex_to_channels, magnitude, real_to_complex
+from mrdserve.models.nets.learnlets import LearnletsPrior
 from mrdserve.models.nets.mwcnn import MWCNN
 from mrdserve.models.nets.sensitivity_refiner import SensitivityRefiner
 from mrdserve.models.physics.kernels import sense_gradient, sense_reduce
@@ -32,6 +39,21 @@ def mwcnn_factory(preset: str) -> ImageNetFactory:
     return build
 
 
+def learnlets_factory(kwargs: dict[str, Any] | None = None) -> ImageNetFactory:
+    """Factory of ``LearnletsPrior`` image nets with ``kwargs`` (``n_mixed``, ``sigma``, ``step`` and the
+    ``Learnlets`` arguments ``n_scales``, ``n_filters``, ``analysis_size``, ``synthesis_size``,
+    ``exact_reconstruction``)."""
+    options = dict(kwargs or {})
+
+    def build(in_channels: int, out_channels: int) -> nn.Module:
+        return LearnletsPrior(in_channels, out_channels, **options)
+
+    return build
+
+
+PRIORS = ("mwcnn", "learnlets")
+
+
 class XPDNet(nn.Module):
     """XPDNet.
 
@@ -42,15 +64,27 @@ class XPDNet(nn.Module):
         n_primal: image buffer size.
         preset: MWCNN preset of the image nets ("small" for tests and demos, "medium" as in the thesis).
         refine_smaps: refine the sensitivities once with ``SensitivityRefiner(refiner_preset)``.
-        image_net: factory ``(in_channels, out_channels) -> nn.Module`` overriding the MWCNN (e.g. for tests).
+        image_net: factory ``(in_channels, out_channels) -> nn.Module`` overriding the prior (e.g. for tests).
+        prior: the image nets, "mwcnn" (``preset``) or "learnlets" (``LearnletsPrior(**learnlets)``).
+        learnlets: keyword arguments of ``LearnletsPrior`` when ``prior="learnlets"``.
     """
 
     def __init__(self, n_iter: int = 10, n_primal: int = 5, preset: str = "small", refine_smaps: bool = False,
-                 refiner_preset: str = "small", image_net: ImageNetFactory | None = None) -> None:
+                 refiner_preset: str = "small", image_net: ImageNetFactory | None = None, prior: str = "mwcnn",
+                 learnlets: dict[str, Any] | None = None) -> None:
         super().__init__()
         if n_iter < 1 or n_primal < 1:
             raise ValueError(f"n_iter and n_primal must be >= 1, got {n_iter} and {n_primal}")
-        build = image_net if image_net is not None else mwcnn_factory(preset)
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
+        if learnlets is not None and prior != "learnlets":
+            raise ValueError("learnlets (keyword arguments) needs prior='learnlets'")
+        if image_net is not None:
+            build = image_net
+        elif prior == "learnlets":
+            build = learnlets_factory(learnlets)
+        else:
+            build = mwcnn_factory(preset)
         self.n_primal = n_primal
         self.image_nets = nn.ModuleList([build(2 * (n_primal + 1), 2 * n_primal) for _ in range(n_iter)])
         self.refine_smaps = refine_smaps
