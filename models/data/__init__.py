@@ -20,6 +20,7 @@ __all__ = [
     "phantoms",
     "prepare",
     "sample",
+    "score_prior_artifact",
     "simulate",
     "spatial",
     "trajectory_units",

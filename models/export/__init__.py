@@ -9,5 +9,6 @@ __all__ = [
     "cli",
     "envelope",
     "export",
+    "score_prior",
     "verify",
 ]

@@ -12,9 +12,11 @@ from mrdserve.models.nets.cascade import CascadeNet
 from mrdserve.models.nets.deq import DEQ
 from mrdserve.models.nets.irim import IRIM
 from mrdserve.models.nets.kiki import KIKINet
+from mrdserve.models.nets.learnlets import Learnlets
 from mrdserve.models.nets.ncpdnet import NCPDNet
 from mrdserve.models.nets.pdnet import PDNet
 from mrdserve.models.nets.rim import RIM
+from mrdserve.models.nets.score import ScoreNet
 from mrdserve.models.nets.xpdnet import XPDNet
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
@@ -28,6 +30,8 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "deq": DEQ,
     "cascadenet": CascadeNet,
     "kikinet": KIKINet,
+    "learnlets": Learnlets,
+    "score": ScoreNet,
 }
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "nufft",
     "nufft_backends",
     "nufft_cache",
+    "posterior_sampling",
     "prepare_cartesian",
     "prepare_noncartesian",
     "prewhiten",

@@ -1,0 +1,71 @@
+"""Loading an exported score prior (``<name>-<version>/`` with ``model.ts``, ``model.onnx``, ``manifest.json``).
+
+The runtime samples posteriors with ``models.physics.posterior_sampling`` and needs the prior's score as a
+callable; this module gives it one without importing any network code (only ``torch.jit.load``, ``json`` and
+``hashlib``), after checking that every file is exactly what was exported (the manifest's sha256). The artifact is
+written by ``models.export.score_prior.export_score_prior``; its manifest holds ``"kind": "score-prior"``, the
+sampler settings it was validated with (``SamplerSettings.from_dict(manifest["sampler_settings"])``) and the
+intensity convention of its training images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MANIFEST = "manifest.json"
+KIND = "score-prior"
+REQUIRED = ("name", "version", "kind", "files", "sampler_settings", "intensity")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_score_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest of the score prior in ``directory``, with its files' hashes checked (ValueError otherwise)."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{path}: manifest.json not found")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: the manifest must be a JSON object")
+    missing = [key for key in REQUIRED if key not in manifest]
+    if missing:
+        raise ValueError(f"{path}: manifest field(s) {', '.join(missing)} missing")
+    if manifest["kind"] != KIND:
+        raise ValueError(f"{path}: kind is {manifest['kind']!r}, not {KIND!r} (a reconstruction artifact?)")
+    files = manifest["files"]
+    if not isinstance(files, dict) or "model.ts" not in files:
+        raise ValueError(f"{path}: manifest 'files' must map file names (model.ts at least) to sha256")
+    for name, expected in files.items():
+        target = directory / name
+        if Path(name).name != name or not target.is_file():
+            raise ValueError(f"{directory}: file {name!r} named in the manifest is missing")
+        if file_sha256(target) != expected:
+            raise ValueError(f"{target}: sha256 does not match the manifest; the artifact was modified")
+    return manifest
+
+
+def load_score_prior(directory: str | Path, device: torch.device | str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """(score callable ``(x [B, 2, y, x], sigma [B]) -> [B, 2, y, x]`` on ``device``, manifest) of a score prior.
+
+    The callable is the TorchScript module in eval mode; hashes are checked first, so a modified artifact is
+    refused (ValueError naming the file).
+    """
+    manifest = read_score_manifest(directory)
+    module = torch.jit.load(str(Path(directory) / "model.ts"), map_location=torch.device(device))
+    return module.eval(), manifest
