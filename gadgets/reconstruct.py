@@ -117,6 +117,9 @@ class GadgetSession:
                                dtype=settings.image_dtype, adapt_readout=True)
         if self.run_samples is None:
             self.run_samples = self._engine_runner(settings.choice)
+        if settings.uncertainty:
+            engine = self.engine if self.engine is not None else shared_engine(settings)
+            engine.check_uncertainty(settings.uncertainty, "gadget property uncertainty")
         while True:
             message = self.connection.read()
             if message.id == MessageId.CLOSE:
@@ -167,8 +170,19 @@ class GadgetSession:
             else:
                 samples += action.samples
         if samples:
-            for result in self.run_samples(samples):
+            results = self.run_samples(samples)
+            for result in results:
                 self.connection.send(self.core.image(result))
+            if self.settings is not None and self.settings.uncertainty:  # after the images, as on the MRD server
+                self._add_uncertainty(results, self.settings.uncertainty)
+                for derived in (d for result in results for d in result.derived):
+                    self.connection.send(self.core.image(derived))
+                for error in {result.posterior_error for result in results if result.posterior_error}:
+                    log.warning("slice images sent without their uncertainty maps: %s", error)
+
+    def _add_uncertainty(self, results: list[ReconResult], n_samples: int) -> None:
+        engine = self.engine if self.engine is not None else shared_engine(self.settings or GadgetSettings())
+        engine_thread(engine).call(engine.add_uncertainty(results, n_samples))
 
 
 def reconstruct(connection: Any, engine: Engine | None = None, settings: GadgetSettings | None = None) -> bool:

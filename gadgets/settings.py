@@ -16,6 +16,7 @@ from mrdserve.models.data.baseline import METHODS
 from mrdserve.service.config import ServiceConfig
 from mrdserve.service.engine.choice import Choice
 from mrdserve.service.outputs.ismrmrd_images import IMAGE_DTYPES
+from mrdserve.service.posterior import check_uncertainty
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -28,7 +29,8 @@ class GadgetSettings:
     ``series_index``: image_series_index of the returned images; ``prewhiten``: use noise scans found in a raw
     acquisition stream (set false when Gadgetron's NoiseAdjust ran before; ReconData is never prewhitened);
     ``method``: the classical method wherever the classical path is used (auto, rss, cg-sense, grappa,
-    l1-wavelet, ...)."""
+    l1-wavelet, ...); ``uncertainty``: posterior samples per slice for uncertainty maps (a posterior-mean and a
+    standard-deviation series after each image, ``series_index`` + 1 and + 2; 0: none)."""
 
     artifact: str = ""
     artifacts: str = ""
@@ -38,8 +40,10 @@ class GadgetSettings:
     series_index: int = 1
     prewhiten: bool = True
     method: str = "auto"
+    uncertainty: int = 0
 
     def __post_init__(self) -> None:
+        check_uncertainty(self.uncertainty, "gadget property uncertainty")
         if self.method not in METHODS:
             raise ValueError(f"gadget property method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.read_timeout_s is not None and not self.read_timeout_s > 0:
@@ -47,8 +51,10 @@ class GadgetSettings:
         if self.image_dtype not in IMAGE_DTYPES:
             raise ValueError(f"gadget property image_dtype must be one of {', '.join(IMAGE_DTYPES)}, got "
                              f"{self.image_dtype!r}")
-        if self.series_index < 0:
-            raise ValueError(f"gadget property series_index must be >= 0, got {self.series_index}")
+        if not 0 <= self.series_index <= 65535 - (2 if self.uncertainty else 0):
+            raise ValueError(f"gadget property series_index must be in 0..{65535 - (2 if self.uncertainty else 0)} "
+                             f"(uint16{'; uncertainty maps take the next two' if self.uncertainty else ''}), got "
+                             f"{self.series_index}")
 
     @property
     def choice(self) -> Choice:

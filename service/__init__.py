@@ -17,6 +17,7 @@ __all__ = [
     "openrecon",
     "outputs",
     "pacs",
+    "posterior",
     "reader_warmup",
     "registry_cli",
     "rest",

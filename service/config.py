@@ -21,6 +21,7 @@ from typing import Any
 from mrdserve.service.admission import Budget
 from mrdserve.service.artifacts import BUNDLED_ARTIFACTS
 
+BUNDLED_PRIORS = Path(__file__).resolve().parent / "priors"  # the demo score prior (service.posterior)
 ENV_PREFIX = "MRDSERVE_"
 RUNNERS = ("auto", "torchscript", "onnx")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -75,9 +76,13 @@ class ServiceConfig:
     pacs_aet: str = "MRDSERVE"
     pacs_called_aet: str = "ANY-SCP"
     pacs_timeout_s: float = 30.0
+    # uncertainty maps (service.posterior): score-prior artifacts, and the sampling time each slice may take
+    priors: list[Path] = field(default_factory=lambda: [BUNDLED_PRIORS])
+    uncertainty_budget_s: float = 120.0
 
     def __post_init__(self) -> None:
         self.artifacts = [Path(p) for p in self.artifacts]
+        self.priors = [Path(p) for p in self.priors]
         self.spool_dir = Path(self.spool_dir)
         self.log_level = str(self.log_level).upper()
         self.onnx_providers = [ONNX_PROVIDER_NAMES.get(p.lower(), p) for p in self.onnx_providers]
@@ -88,7 +93,7 @@ class ServiceConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("request_timeout_s", "result_ttl_s", "spool_max_bytes", "upload_max_bytes", "read_timeout_s",
-                     "max_parse_s"):
+                     "max_parse_s", "uncertainty_budget_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
@@ -164,7 +169,8 @@ class ServiceConfig:
 
 _INTS = ("port", "mrd_port", "max_batch", "queue_size", "spool_max_bytes", "upload_max_bytes", "max_matrix",
          "max_slices", "max_request_bytes", "max_connections")
-_FLOATS = ("max_wait_ms", "request_timeout_s", "result_ttl_s", "pacs_timeout_s", "read_timeout_s", "max_parse_s")
+_FLOATS = ("max_wait_ms", "request_timeout_s", "result_ttl_s", "pacs_timeout_s", "read_timeout_s", "max_parse_s",
+           "uncertainty_budget_s")
 _BOOLS = ("with_bundled", "warmup")
 _LISTS = ("api_keys", "cors_origins", "onnx_providers", "mrd_allow")
 
@@ -186,7 +192,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
     except ValueError as error:
         kind = "an integer" if name in _INTS else "a number" if name in _FLOATS else "a boolean"
         raise ValueError(f"{source}: expected {kind}, got {value!r}") from error
-    if name == "artifacts":
+    if name in ("artifacts", "priors"):
         items = value.split(os.pathsep) if isinstance(value, str) else list(value)
         return [Path(p) for p in items if str(p)]
     if name in _LISTS:
@@ -241,6 +247,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         help="accepted API key (repeatable; MRDSERVE_API_KEYS, comma-separated); none: no authentication")
     add("--cors-origins", action="append", default=None, metavar="ORIGIN",
         help="allowed CORS origin (repeatable; MRDSERVE_CORS_ORIGINS); none: CORS off")
+    add("--priors", action="append", type=Path, default=None, metavar="DIR",
+        help="directory of score-prior artifacts for uncertainty maps (repeatable; default the bundled demo prior; "
+             "MRDSERVE_PRIORS, ':'-separated)")
+    add("--uncertainty-budget-s", type=float, default=None,
+        help="posterior sampling time per slice when a request asks for uncertainty maps (default 120 s)")
     add("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     add("--pacs-url", default=None, help="push DICOM results to this PACS: a DICOMweb base URL "
         "(http://pacs:8042/dicom-web) or host:port for C-STORE (MRDSERVE_PACS_URL); none: no push")

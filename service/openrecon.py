@@ -6,9 +6,9 @@ OpenRecon runs an MRD server (port 9002) in a container whose image carries the 
 ISMRMRD, port, what the scanner emits to the server and what it injects back, resource minima, content
 qualification) and at most 14 UI ``parameters`` (boolean, choice, integer, double or string, each with an id, a
 label and a default). The scanner sends the chosen values as JSON with the stream; ``service.mrd.session`` takes
-them (``parse_parameters``: ``artifact``, ``method``, ``dtype``, ``series_index``). ``OPENRECON_SCHEMA`` writes
-down the field list from the public OpenRecon examples; ``mrdserve openrecon -o DIR`` writes the document, the
-label and a Dockerfile stage that carries it.
+them (``parse_parameters``: ``artifact``, ``method``, ``dtype``, ``series_index``, ``uncertainty``).
+``OPENRECON_SCHEMA`` writes down the field list from the public OpenRecon examples; ``mrdserve openrecon -o DIR``
+writes the document, the label and a Dockerfile stage that carries it.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def _choice(parameter_id: str, label: str, information: str, values: Sequence[st
 
 
 def ui_parameters(artifacts: Sequence[Artifact]) -> list[dict[str, Any]]:
-    """The UI parameters, from the engine's choices: artifact, classical method, output type, series index."""
+    """The UI parameters, from the engine's choices: artifact, classical method, output type, series index,
+    uncertainty samples."""
     names = ["auto", CLASSICAL, *sorted({a.name for a in artifacts})]
     return [
         _choice("artifact", "Reconstruction", "auto: the learned model validated for the data, else the best "
@@ -106,6 +107,9 @@ def ui_parameters(artifacts: Sequence[Artifact]) -> list[dict[str, Any]]:
                 IMAGE_DTYPES, "float32"),
         {"id": "series_index", "label": _text("Series index"), "type": "int",
          "information": _text("image_series_index of the returned images"), "default": 1},
+        {"id": "uncertainty", "label": _text("Uncertainty samples"), "type": "int",
+         "information": _text("posterior samples per slice for a posterior-mean and a standard-deviation series "
+                              "(next two series indices; minutes per slice; research use); 0: none"), "default": 0},
     ]
 
 

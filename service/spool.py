@@ -56,13 +56,14 @@ class Job:
     slices: int | None = None
     pacs: dict[str, Any] | None = None  # the PACS push of the result (service.pacs.PushReport.public), if any
     summary: dict[str, Any] | None = None  # what made the images and the stage times (result_summary)
+    progress: dict[str, Any] | None = None  # {"stage": ..., "fraction": 0..1} while a long stage runs
 
     def public(self) -> dict[str, Any]:
         """What clients see: no file-system paths."""
         return {"id": self.id, "state": self.state, "created": self.created, "updated": self.updated,
                 "params": self.params, "attempts": self.attempts, "error": self.error,
                 "error_status": self.error_status, "filename": self.filename, "fetched": self.fetched,
-                "slices": self.slices, "pacs": self.pacs, "summary": self.summary}
+                "slices": self.slices, "pacs": self.pacs, "summary": self.summary, "progress": self.progress}
 
 
 def _valid_id(job_id: str) -> bool:
@@ -170,8 +171,13 @@ class JobSpool:
         job.attempts = max(0, job.attempts - 1)
         return self.mark_queued(job)
 
+    def mark_progress(self, job: Job, stage: str, fraction: float) -> Job:
+        """How far a running job's long stage (e.g. posterior sampling) has come, for ``GET`` of its status."""
+        job.progress = {"stage": stage, "fraction": round(min(max(float(fraction), 0.0), 1.0), 3)}
+        return self._write(job)
+
     def mark_running(self, job: Job) -> Job:
-        job.state, job.attempts = RUNNING, job.attempts + 1
+        job.state, job.attempts, job.progress = RUNNING, job.attempts + 1, None
         return self._write(job)
 
     def mark_succeeded(self, job: Job, result: Path, media_type: str, filename: str, slices: int,

@@ -128,7 +128,7 @@ class StreamCore:
         self._assembler: AcquisitionAssembler | None = None
         self._pending_noise: list[ismrmrd.Acquisition] = []  # before the first readout says the header to use
         self._headers_by_readout: dict[int, Any] = {}
-        self._next_image_index = 1
+        self._images_sent: Counter[str] = Counter()  # per image role: each series counts its own image index
 
     @property
     def buffered_bytes(self) -> int:
@@ -220,10 +220,11 @@ class StreamCore:
     # -- images ------------------------------------------------------------------------------------------------
 
     def image(self, result: ReconResult) -> ismrmrd.Image:
-        """The stream's next ISMRMRD image (image index counted over the stream)."""
+        """The stream's next ISMRMRD image of ``result``'s series (image index counted over the stream, per series:
+        posterior images are series of their own)."""
+        self._images_sent[result.role.value] += 1
         [image] = to_ismrmrd_images([result], self.header, series_index=self.series_index, dtype=self.dtype,
-                                    first_image_index=self._next_image_index)
-        self._next_image_index += 1
+                                    first_image_index=self._images_sent[result.role.value])
         self.counts["images_out"] += 1
         return image
 

@@ -1,34 +1,26 @@
 """Loading an exported score prior (``<name>-<version>/`` with ``model.ts``, ``model.onnx``, ``manifest.json``).
 
 The runtime samples posteriors with ``models.physics.posterior_sampling`` and needs the prior's score as a
-callable; this module gives it one without importing any network code (only ``torch.jit.load``, ``json`` and
-``hashlib``), after checking that every file is exactly what was exported (the manifest's sha256). The artifact is
-written by ``models.export.score_prior.export_score_prior``; its manifest holds ``"kind": "score-prior"``, the
-sampler settings it was validated with (``SamplerSettings.from_dict(manifest["sampler_settings"])``) and the
-intensity convention of its training images.
+callable; this module gives it one without importing any network code (only ``torch.jit.load`` and ``json``),
+after checking that every file is exactly what was exported (the manifest's sha256). The artifact is written by
+``models.export.score_prior.export_score_prior``; its manifest holds ``"kind": "score-prior"``, the sampler
+settings it was validated with (``SamplerSettings.from_dict(manifest["sampler_settings"])``) and the intensity
+convention of its training images.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mrdserve.models.data.manifest_schema import sha256_file
+
 MANIFEST = "manifest.json"
 KIND = "score-prior"
 REQUIRED = ("name", "version", "kind", "files", "sampler_settings", "intensity")
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_score_manifest(directory: str | Path) -> dict[str, Any]:
@@ -55,7 +47,7 @@ def read_score_manifest(directory: str | Path) -> dict[str, Any]:
         target = directory / name
         if Path(name).name != name or not target.is_file():
             raise ValueError(f"{directory}: file {name!r} named in the manifest is missing")
-        if file_sha256(target) != expected:
+        if sha256_file(target) != expected:
             raise ValueError(f"{target}: sha256 does not match the manifest; the artifact was modified")
     return manifest
 

@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrdserve.models.data.manifest_schema import sha256_file
 from mrdserve.models.data.metrics import psnr, scale_fit
 from mrdserve.models.data.prepare import PreparedSample, prepare_sample
 from mrdserve.models.data.sample import KSpaceSample
-from mrdserve.models.data.score_prior_artifact import KIND, MANIFEST, file_sha256
+from mrdserve.models.data.score_prior_artifact import KIND, MANIFEST
 from mrdserve.models.data.simulate import simulate_cartesian
 from mrdserve.models.physics.posterior_sampling import PosteriorResult, SamplerSettings, sample_posterior
 from mrdserve.models.training.dsm import build_score_network, load_score_checkpoint, normalised_phantom
@@ -270,7 +271,7 @@ def export_score_prior(checkpoint: dict[str, Any] | str | Path, out_dir: str | P
             "validation": {"denoising": (checkpoint.get("validation") or {}).get("denoising", {}),
                            "posterior": validation or {}},
             "equivalence": equivalence,
-            "files": {f: file_sha256(staging / f) for f in ("model.ts", "model.onnx")},
+            "files": {f: sha256_file(staging / f) for f in ("model.ts", "model.onnx")},
             "frameworks": _frameworks(),
             "intended_use": INTENDED_USE,
             "opset": 18,

@@ -21,8 +21,9 @@ system), so that H is exact to first order where the backward pass applies it. U
 OPA pairs are kept apart from the ones Broyden's steps use (H = I + forward pairs + OPA pairs for the backward;
 the steps use I + forward pairs), so the forward iterates are exactly plain Broyden's. Mixed into the steps, a
 DEQ training run here diverged within tens of steps (at Adam 1e-3; kept apart, SHINE + OPA training also
-diverged there later, so the mixing is not proven the only cause); on the DEQ's gradients both gave cosines
-0.98-1.0 with the exact one, while on a symmetric linear map the mixed form was far more accurate (see
+diverged there later, so the mixing is not proven the only cause); on the DEQ's gradients at its initial weights
+both gave cosines 0.98-1.0 with the exact one (bench/shine.py: 0.89 at trained weights), while on a symmetric linear
+map the mixed form was far more accurate (see
 tests/nets/test_broyden.py). The paper's own text was not in the reference corpus searched for this module; the
 authors' code was.
 The solver runs eagerly (data-dependent stopping): networks call it under ``torch.no_grad`` in training only.

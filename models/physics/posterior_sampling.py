@@ -174,6 +174,8 @@ class _DataTerm(Protocol):
 
     def energy_and_gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
+    def noise_std(self) -> float | None: ...
+
 
 class _CartesianSense:
     def __init__(self, kspace: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor | None) -> None:
@@ -233,13 +235,19 @@ class _ScaledData:
         energy, gradient = self.data.energy_and_gradient(x / self.scale)
         return energy * self.scale**2, gradient * self.scale
 
+    def noise_std(self) -> float | None:
+        noise = self.data.noise_std()
+        return None if noise is None else noise * self.scale
 
-def _tensor(inputs: dict[str, torch.Tensor], key: str, rank: int, device: torch.device,
-            optional: bool = False) -> torch.Tensor | None:
+
+def _optional_tensor(inputs: dict[str, torch.Tensor], key: str, rank: int,
+                     device: torch.device) -> torch.Tensor | None:
+    return None if inputs.get(key) is None else _tensor(inputs, key, rank, device)
+
+
+def _tensor(inputs: dict[str, torch.Tensor], key: str, rank: int, device: torch.device) -> torch.Tensor:
     value = inputs.get(key)
     if value is None:
-        if optional:
-            return None
         raise ValueError(f"inputs[{key!r}] is missing")
     if not isinstance(value, torch.Tensor) or value.is_complex() or not value.is_floating_point():
         raise ValueError(f"inputs[{key!r}] must be a real floating-point tensor, got "
@@ -256,7 +264,7 @@ def _data_term(inputs: dict[str, torch.Tensor], preparation: str, device: torch.
     if preparation == "cartesian-sense":
         kspace = _tensor(inputs, "kspace", 5, device)
         mask = _tensor(inputs, "mask", 4, device)
-        smaps = _tensor(inputs, "smaps", 5, device, optional=True)
+        smaps = _optional_tensor(inputs, "smaps", 5, device)
         if kspace.shape[-1] != 2 or tuple(mask.shape[1:]) != (1, *kspace.shape[2:4]):
             raise ValueError(f"inputs['kspace'] must be [1, C, ky, kx, 2] and inputs['mask'] [1, 1, ky, kx]; got "
                              f"{tuple(kspace.shape)} and {tuple(mask.shape)}")
@@ -266,7 +274,7 @@ def _data_term(inputs: dict[str, torch.Tensor], preparation: str, device: torch.
             raise ValueError(f"inputs['smaps'] shape {tuple(smaps.shape)} must equal inputs['kspace'] shape "
                              f"{tuple(kspace.shape)}")
         return _CartesianSense(kspace, mask, smaps)
-    smaps = _tensor(inputs, "smaps", 5, device, optional=True)
+    smaps = _optional_tensor(inputs, "smaps", 5, device)
     adjoint = _tensor(inputs, "adjoint", 4 if smaps is None else 5, device)
     kernel = inputs.get("kernel")
     if not isinstance(kernel, torch.Tensor) or kernel.dim() not in (3, 4) or kernel.shape[-1] != 2 \

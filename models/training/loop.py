@@ -530,8 +530,11 @@ def end_stages(run: TrainingRun) -> None:
 
 def forward_backward(run: TrainingRun, batch: Any) -> torch.Tensor:
     """Forward (float16 autocast with ``loop.amp``), loss and backward on this rank's ``batch``: leaves the
-    gradients on the parameters (under DDP averaged over the ranks) and returns this rank's detached loss."""
+    gradients on the parameters (under DDP averaged over the ranks) and returns this rank's detached loss. A DEQ
+    with OPA updates (``opa_every``) gets the step's loss as its ``outer_loss`` first."""
     batch = batch.to(run.device, non_blocking=True)
+    if getattr(run.model, "opa_every", 0):  # the DEQ's OPA updates follow the gradient of this step's loss
+        run.model.outer_loss = lambda out: run.loss_fn(batch.crop(out).float(), batch.target)
     with torch.autocast(run.device.type, enabled=run.use_amp):
         output = run.network(**batch.inputs)
     loss = training_loss(run.loss_fn, batch, output)

@@ -13,8 +13,9 @@ import asyncio
 import logging
 import math
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -57,6 +58,10 @@ class Engine:
         # run (a request admitted below the bound runs all its slices)
         self._classical_limit = self.config.queue_size + workers
         self._classical_inflight = 0
+        self._posterior: Any = None  # service.posterior.PosteriorEstimator, made on first use (imports the sampler)
+        self._posterior_lock = threading.Lock()
+        # posterior sampling takes minutes: one thread of its own, so it never holds the preparation threads
+        self._posterior_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrdserve-posterior")
 
     @property
     def artifacts(self) -> list[Artifact]:
@@ -113,6 +118,7 @@ class Engine:
         """Stop accepting work, finish every accepted job, release the threads."""
         self.ready = False
         await asyncio.gather(*(batcher.close() for batcher in self._batchers.values()))
+        self._posterior_pool.shutdown(wait=False, cancel_futures=True)  # maps not started yet are not made
         self._pool.shutdown(wait=True)
 
     # -- introspection -----------------------------------------------------------------------------------------
@@ -190,6 +196,64 @@ class Engine:
         self.metrics.observe_stage("inference", completed.inference_s)
         return self.pipeline.restore(chosen, sample, completed.value, {
             "preparation": preparation_s, "queue": completed.queue_s, "inference": completed.inference_s})
+
+    # -- uncertainty maps ----------------------------------------------------------------------------------------
+
+    @property
+    def posterior(self) -> Any:
+        """The ``PosteriorEstimator`` over ``config.priors`` (made once, on first use; its chains may hold a quarter
+        of ``max_request_bytes``)."""
+        with self._posterior_lock:
+            if self._posterior is None:
+                from mrdserve.service.posterior import PosteriorEstimator
+
+                self._posterior = PosteriorEstimator(self.config.priors, self.device,
+                                                     memory_bytes=self.config.max_request_bytes // 4)
+            return self._posterior
+
+    def check_uncertainty(self, n_samples: Any, field: str = "uncertainty",
+                          samples: Sequence[KSpaceSample] = ()) -> int:
+        """A request's number of posterior samples per slice, checked before any work starts: ValueError naming
+        ``field`` for a bad count, when no score prior is configured, or for ``samples`` it cannot take (3D)."""
+        from mrdserve.service.posterior import check_sample, check_uncertainty
+
+        n_samples = check_uncertainty(n_samples, field)
+        if n_samples and not self.posterior.available:
+            raise ValueError(f"{field}: uncertainty maps need a score-prior artifact and none is configured "
+                             f"(priors: {', '.join(str(p) for p in self.config.priors)})")
+        for sample in samples if n_samples else ():
+            check_sample(sample)
+        return n_samples
+
+    def _estimate(self, result: ReconResult, n_samples: int, progress: Callable[[float], None] | None) -> None:
+        """The posterior images of one result; a failure is kept in ``result.posterior_error`` (and logged), never
+        raised: the reconstruction stands and is delivered without its maps."""
+        started = time.perf_counter()
+        try:
+            result.derived = self.posterior.estimate(result, n_samples, self.config.uncertainty_budget_s, progress)
+        except Exception as error:
+            result.posterior_error = f"uncertainty maps not made: {type(error).__name__}: {str(error)[:300]}"
+            log.warning("posterior sampling failed: %s", result.posterior_error)
+            return
+        result.timings["posterior"] = time.perf_counter() - started
+        self.metrics.observe_stage("posterior", result.timings["posterior"])
+
+    async def add_uncertainty(self, results: Sequence[ReconResult], n_samples: int,
+                              progress: Callable[[float], None] | None = None) -> None:
+        """Attach posterior mean and standard-deviation images (``ReconResult.derived``) to each result, one slice
+        after the other on the posterior thread, each within ``config.uncertainty_budget_s``; a slice whose maps
+        fail keeps its image and says why in ``posterior_error``. ``progress(fraction of the request)`` is called
+        from that thread. Nothing happens for ``n_samples == 0``."""
+        loop = asyncio.get_running_loop()
+        for index, result in enumerate(results if n_samples else ()):
+            report = None if progress is None else (
+                lambda fraction, index=index: progress((index + fraction) / len(results)))
+            await loop.run_in_executor(self._posterior_pool, self._estimate, result, n_samples, report)
+
+    def add_uncertainty_sync(self, results: Sequence[ReconResult], n_samples: int) -> None:
+        """``add_uncertainty`` in the calling thread (``mrdserve recon --uncertainty``)."""
+        for result in results if n_samples else ():
+            self._estimate(result, n_samples, None)
 
     def _observe_classical(self, result: ReconResult, seconds: float) -> None:
         self.metrics.observe_stage("inference", seconds)

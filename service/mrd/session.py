@@ -42,11 +42,13 @@ from mrdserve.service.mrd.protocol import (
     read_message,
 )
 from mrdserve.service.outputs.ismrmrd_images import IMAGE_DTYPES
+from mrdserve.service.posterior import check_uncertainty
 from mrdserve.service.stream import PassBack, StreamCore, reconstruct_with_retry
 
 logger = logging.getLogger("mrdserve.mrd")
 
 ENTRYPOINT = "mrd"
+MAX_SERIES_INDEX = 65535  # image_series_index is a uint16
 ENGINE_WAIT_S = 120.0  # how long a session that arrives during start-up waits for the engine
 SEND_TIMEOUT_S = 30.0  # a client that stops reading for this long loses its stream
 READ_TIMEOUT_S = ServiceConfig.read_timeout_s  # a client that sends nothing for this long loses its stream
@@ -67,6 +69,7 @@ class StreamParameters:
     method: str = "auto"  # the classical method wherever the classical path is used (models.data.baseline)
     dtype: str = "float32"  # output image data type: float32 or uint16
     series_index: int = 1
+    uncertainty: int = 0  # posterior samples per slice for uncertainty maps (service.posterior); 0: none
     ignored: list[str] = field(default_factory=list)  # keys we do not use, reported back to the client
 
 
@@ -104,9 +107,14 @@ def parse_parameters(text: str) -> StreamParameters:
                 raise SessionError(f"{key}: must be one of {', '.join(IMAGE_DTYPES)}, got {value!r}")
             params.dtype = value
         elif key == "series_index":
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SERIES_INDEX:
                 raise SessionError(f"series_index: must be an integer in 0..65535, got {value!r}")
             params.series_index = value
+        elif key == "uncertainty":
+            try:
+                params.uncertainty = check_uncertainty(value)
+            except ValueError as error:
+                raise SessionError(str(error)) from None
         else:
             params.ignored.append(str(key)[:50])
     return params
@@ -294,11 +302,22 @@ class MrdSession:
             self.choice = self._resolve(params.artifact)
         assert self.choice is not None and self.core is not None
         self.choice = self.choice.with_method(params.method)  # a method-named config keeps its method
+        if params.uncertainty:
+            try:
+                self.engine.check_uncertainty(params.uncertainty)  # a score prior is configured
+            except ValueError as error:
+                raise SessionError(str(error)) from None
+            if params.series_index > MAX_SERIES_INDEX - 2:
+                raise SessionError(f"series_index: at most {MAX_SERIES_INDEX - 2} with uncertainty maps (they take "
+                                   f"the next two series indices), got {params.series_index}")
         self.params = params
         self.core.series_index, self.core.dtype = params.series_index, params.dtype
         note = f"; ignored unknown field(s): {', '.join(params.ignored)}" if params.ignored else ""
+        maps = (f", uncertainty maps from {params.uncertainty} posterior samples per slice in series "
+                f"{params.series_index + 1} (mean) and {params.series_index + 2} (standard deviation)"
+                if params.uncertainty else "")
         await self._send(encode_text(f"mrdserve: parameters accepted ({self.choice.describe()}, dtype "
-                                     f"{params.dtype}, series_index {params.series_index}){note}"))
+                                     f"{params.dtype}, series_index {params.series_index}{maps}){note}"))
 
     async def _finish(self, core: StreamCore) -> None:
         """The client's CLOSE: flush open slices, wait for every slice, send the summary."""
@@ -349,6 +368,10 @@ class MrdSession:
             reconstructed = time.perf_counter()
             await self._write_image(result)
             sent = time.perf_counter()
+            if self.params.uncertainty:  # after the image: the scanner shows it while the sampling runs
+                await self.engine.add_uncertainty([result], self.params.uncertainty)
+                for derived in result.derived:
+                    await self._write_image(derived)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -365,7 +388,10 @@ class MrdSession:
         self._labels[label] = self._labels.get(label, 0) + 1
         timings = " ".join(f"{stage}={1000 * seconds:.1f}ms" for stage, seconds in result.timings.items())
         made_by = f"classical fallback ({result.fallback_reason})" if result.fallback_reason else label
-        await self._send(encode_text(f"mrdserve: {where}: {made_by}; {timings} total={1000 * (sent - received):.1f}ms"))
+        maps = (f"; uncertainty maps: {result.derived[0].note}" if result.derived
+                else f"; WARNING: {result.posterior_error}" if result.posterior_error else "")
+        await self._send(encode_text(f"mrdserve: {where}: {made_by}; {timings} total={1000 * (sent - received):.1f}ms"
+                                     f"{maps}"))
 
     async def _write_image(self, result: Any) -> None:
         assert self.core is not None

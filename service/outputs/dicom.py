@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from mrdserve.service.engine.result import ReconResult
+from mrdserve.service.engine.result import ImageRole, ReconResult
 from mrdserve.service.outputs.dicom_header import (
     add_mr_acquisition,
     add_patient_and_study,
@@ -98,17 +99,24 @@ def _image_file(common: Dataset, result: ReconResult, plane: Plane, pixels: np.n
 
 
 def _common_attributes(results: list[ReconResult], header: Any, series_description: str | None,
-                       series_number: int | None, now: datetime) -> Dataset:
+                       series_number: int | None, now: datetime, same_as: Dataset | None) -> Dataset:
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     add_patient_and_study(ds, header, now)
+    if same_as is not None:  # a posterior series joins the reconstruction's study
+        ds.StudyInstanceUID = same_as.StudyInstanceUID
     makers = sorted({r.maker for r in results})
-    description = series_description or " ".join(filter(None, [protocol_name(header), "mrdserve", *makers]))
-    number = series_number if series_number is not None else default_series_number(header)
-    frame = header_frame_of_reference(header) or generate_uid()
+    roles = {r.role for r in results}
+    if len(roles) != 1:
+        raise ValueError(f"results: one DICOM series holds one kind of image, got {sorted(roles)}")
+    (role,) = roles
+    description = series_description or " ".join(filter(None, [role.title, protocol_name(header), "mrdserve",
+                                                               *makers]))
+    number = (series_number if series_number is not None else default_series_number(header)) + role.series_offset
+    frame = same_as.FrameOfReferenceUID if same_as is not None else header_frame_of_reference(header) or generate_uid()
     add_series_and_equipment(ds, header, number, description, frame, now)
     ds.SeriesInstanceUID = generate_uid()
-    ds.ImageType = ["DERIVED", "PRIMARY", "OTHER"]
+    ds.ImageType = ["DERIVED", "PRIMARY" if role is not ImageRole.posterior_std else "SECONDARY", "OTHER"]
     add_mr_acquisition(ds, header, is_3d=any(np.ndim(r.image) == 3 for r in results))
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -121,8 +129,11 @@ def _common_attributes(results: list[ReconResult], header: Any, series_descripti
 
 
 def write_dicom_series(results: list[ReconResult], header: Any, out_dir: Path,
-                       series_description: str | None = None, *, series_number: int | None = None) -> list[Path]:
-    """Write ``results`` as one DICOM series (one file per slice or partition) into ``out_dir``; return paths.
+                       series_description: str | None = None, *, series_number: int | None = None,
+                       same_study_as: Path | None = None) -> list[Path]:
+    """Write ``results`` (of one ``ImageRole``) as one DICOM series (one file per slice or partition) into
+    ``out_dir``; return paths. A posterior role's series number is the reconstruction's plus the role's offset;
+    ``same_study_as`` (a file of the reconstruction's series) gives it that study and frame of reference.
 
     ``header`` (ISMRMRD xsd header or None) supplies patient, study and sequence fields where present.
     """
@@ -136,7 +147,8 @@ def write_dicom_series(results: list[ReconResult], header: Any, out_dir: Path,
     images = [image for _, _, image in planes]
     slope = uint16_slope(images)
     window = display_window(images)
-    common = _common_attributes(results, header, series_description, series_number, now)
+    same_as = pydicom.dcmread(same_study_as, stop_before_pixels=True) if same_study_as is not None else None
+    common = _common_attributes(results, header, series_description, series_number, now, same_as)
     common.RealWorldValueMappingSequence = [_real_world_mapping(slope)]
     common.WindowCenter = ds_number(window.center / slope)
     common.WindowWidth = ds_number(max(window.width / slope, 1.0))

@@ -6,7 +6,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from mrdserve.service.engine.result import ReconResult
+from mrdserve.service.engine.result import ImageRole, ReconResult, with_derived
 
 
 class OutputFormat(StrEnum):
@@ -29,22 +29,44 @@ def check_format(fmt: str) -> OutputFormat:
         raise ValueError(f"format must be one of {', '.join(FORMAT_NAMES)}, got {fmt!r}") from None
 
 
+def by_role(results: list[ReconResult]) -> dict[ImageRole, list[ReconResult]]:
+    """The results and the posterior images they carry, one list per role (reconstruction first)."""
+    groups: dict[ImageRole, list[ReconResult]] = {}
+    for result in with_derived(results):
+        groups.setdefault(result.role, []).append(result)
+    return groups
+
+
 def write_outputs(results: list[ReconResult], header: Any, fmt: str, out_dir: Path) -> list[Path]:
-    """Write ``results`` into ``out_dir``: DICOM or PNG files one per image, or one NIfTI / ISMRMRD file."""
+    """Write ``results`` into ``out_dir``: DICOM or PNG files one per image, or one NIfTI / ISMRMRD file.
+
+    Posterior images (``ReconResult.derived``) are series of their own: DICOM series in the sub-folders
+    ``posterior-mean/`` and ``posterior-std/``, NIfTI files ``images-posterior-mean.nii.gz`` and
+    ``images-posterior-std.nii.gz``, PNGs named by role, ISMRMRD image groups of the next series indices.
+    """
     chosen = check_format(fmt)
     out_dir = Path(out_dir)
-    if chosen is OutputFormat.dicom:
-        from mrdserve.service.outputs.dicom import write_dicom_series
+    groups = by_role(results)
+    if chosen is OutputFormat.ismrmrd:
+        from mrdserve.service.outputs.ismrmrd_images import write_ismrmrd_images
 
-        return write_dicom_series(results, header, out_dir)
-    if chosen is OutputFormat.png:
-        from mrdserve.service.outputs.png import write_pngs
+        return [write_ismrmrd_images(with_derived(results), header, out_dir / "images.h5")]
+    written: list[Path] = []
+    for role, members in groups.items():
+        plain = role is ImageRole.reconstruction
+        if chosen is OutputFormat.dicom:
+            from mrdserve.service.outputs.dicom import write_dicom_series
 
-        return write_pngs(results, out_dir)
-    if chosen is OutputFormat.nifti:
-        from mrdserve.service.outputs.nifti import write_nifti
+            first = written[0] if written else None  # posterior series join the reconstruction's study
+            written += write_dicom_series(members, header, out_dir if plain else out_dir / role.value,
+                                          same_study_as=first)
+        elif chosen is OutputFormat.png:
+            from mrdserve.service.outputs.png import write_pngs
 
-        return [write_nifti(results, header, out_dir / "images.nii.gz")]
-    from mrdserve.service.outputs.ismrmrd_images import write_ismrmrd_images
+            written += write_pngs(members, out_dir)
+        else:
+            from mrdserve.service.outputs.nifti import write_nifti
 
-    return [write_ismrmrd_images(results, header, out_dir / "images.h5")]
+            name = "images.nii.gz" if plain else f"images-{role.value}.nii.gz"
+            written.append(write_nifti(members, header, out_dir / name))
+    return written

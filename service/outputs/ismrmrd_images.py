@@ -15,7 +15,7 @@ import ismrmrd
 import numpy as np
 
 from mrdserve.models.data.ismrmrd_header import header_to_xml
-from mrdserve.service.engine.result import ReconResult
+from mrdserve.service.engine.result import ImageRole, ReconResult
 from mrdserve.service.outputs.presentation import describe, display_window, to_uint16, uint16_slope
 
 IMAGE_DTYPES = ("float32", "uint16")
@@ -23,7 +23,7 @@ IMAGE_DTYPES = ("float32", "uint16")
 
 def _meta(result: ReconResult, window_center: float, window_width: float, slope: float | None) -> ismrmrd.Meta:
     meta = ismrmrd.Meta()
-    meta["DataRole"] = "Image"
+    meta["DataRole"] = result.role.data_role
     meta["ImageProcessingHistory"] = ["MRDSERVE"]
     meta["ImageComments"] = describe(result)
     meta["SequenceDescriptionAdditional"] = f"mrdserve_{result.maker}"
@@ -77,13 +77,17 @@ def to_ismrmrd_images(results: list[ReconResult], header: Any = None, series_ind
             raise ValueError(f"result image must be [y, x] or [z, y, x], got shape {array.shape}")
     window = display_window(arrays)
     slope = uint16_slope(arrays) if dtype == "uint16" else None
+    roles = {result.role for result in results}
+    if len(roles) > 1:  # one window and slope per kind of image: uncertainty maps are not windowed as images
+        return [image for role in ImageRole for image in to_ismrmrd_images(
+            [r for r in results if r.role is role], header, series_index, dtype, first_image_index)]
     images = []
     for number, (result, array) in enumerate(zip(results, arrays, strict=True), start=first_image_index):
         data = to_uint16(array, slope) if slope is not None else array
         center, width = ((window.center / slope, max(window.width / slope, 1.0)) if slope is not None
                          else (window.center, window.width))
         image = ismrmrd.Image.from_array(np.ascontiguousarray(data))
-        _set_header_fields(image, result, series_index, number)
+        _set_header_fields(image, result, series_index + result.role.series_offset, number)
         image.meta = _meta(result, center, width, slope)
         images.append(image)
     return images
@@ -93,7 +97,8 @@ def write_ismrmrd_images(results: list[ReconResult], header: Any, path: Path, se
                          dtype: str = "float32", group: str = "dataset") -> Path:
     """Write the images (and the ISMRMRD header, when given) to an HDF5 file; returns ``path``.
 
-    Images of one shape share the image group ``image_<series_index>``; other shapes get ``_<n>`` suffixes.
+    Images of one series and shape share the image group ``image_<series index>`` (posterior images: the next
+    indices); other shapes of a series get ``_<n>`` suffixes.
     """
     if not results:
         raise ValueError("results: nothing to write (no images)")
@@ -105,9 +110,9 @@ def write_ismrmrd_images(results: list[ReconResult], header: Any, path: Path, se
         if header is not None:
             dataset.write_xml_header(header_to_xml(header).encode("utf-8"))
         for image in images:
-            shape = tuple(image.data.shape)
-            if shape not in groups:
-                suffix = f"_{len(groups)}" if groups else ""
-                groups[shape] = f"image_{series_index}{suffix}"
-            dataset.append_image(groups[shape], image)
+            key = (int(image.image_series_index), *image.data.shape)
+            if key not in groups:
+                same_series = sum(1 for k in groups if k[0] == key[0])
+                groups[key] = f"image_{key[0]}" + (f"_{same_series}" if same_series else "")
+            dataset.append_image(groups[key], image)
     return path

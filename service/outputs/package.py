@@ -33,7 +33,8 @@ def _zip(files: list[Path], root: Path, path: Path) -> Path:
 def package_results(results: list[ReconResult], header: Any, fmt: str, work_dir: Path) -> Packaged:
     """Write ``results`` as ``fmt`` under ``work_dir`` and return the one file to send back.
 
-    dicom -> ``images-dicom.zip`` (one series), png -> ``images-png.zip``, nifti -> ``images.nii.gz``,
+    dicom -> ``images-dicom.zip`` (one series, plus one per posterior role), png -> ``images-png.zip``,
+    nifti -> ``images.nii.gz`` (``images-nifti.zip`` of one file per role when posterior images come along),
     ismrmrd -> ``images.h5`` (ISMRMRD images with the header).
     """
     chosen = check_format(fmt)
@@ -46,5 +47,9 @@ def package_results(results: list[ReconResult], header: Any, fmt: str, work_dir:
         files = write_outputs(results, header, chosen, folder)
         path = _zip(files, folder, work_dir / f"images-{chosen.value}.zip")
     else:
-        (path,) = write_outputs(results, header, chosen, work_dir)
+        files = write_outputs(results, header, chosen, work_dir)
+        if len(files) > 1:  # NIfTI with posterior volumes
+            return Packaged(_zip(files, work_dir, work_dir / f"images-{chosen.value}.zip"),
+                            "application/zip", f"images-{chosen.value}.zip")
+        (path,) = files
     return Packaged(path, MEDIA_TYPES[chosen], path.name)

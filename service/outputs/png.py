@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mrdserve.service.engine.result import ReconResult
+from mrdserve.service.engine.result import ImageRole, ReconResult
 
 
 def to_uint8(image: np.ndarray, upper_percentile: float = 99.5) -> np.ndarray:
@@ -33,7 +33,8 @@ def output_stem(result: ReconResult) -> str:
     """A file-name stem naming the image's indices and its maker (artifact label or classical method)."""
     i = result.sample.index
     maker = (result.method or result.label).replace("/", "_").replace(" ", "_")  # learned: name-version
-    return f"slice{i.slice:03d}_contrast{i.contrast:02d}_rep{i.repetition:02d}_set{i.set:02d}_{maker}"
+    role = "" if result.role is ImageRole.reconstruction else f"_{result.role.value}"
+    return f"slice{i.slice:03d}_contrast{i.contrast:02d}_rep{i.repetition:02d}_set{i.set:02d}_{maker}{role}"
 
 
 def write_pngs(results: list[ReconResult], out_dir: Path) -> list[Path]:

@@ -7,13 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mrdserve.service.engine.result import ReconResult
+from mrdserve.service.engine.result import ImageRole, ReconResult
 
 UINT16_MAX = 65535
 
 
 def describe(result: ReconResult) -> str:
-    """``<artifact> <version>`` for a learned image, ``classical <method> (fallback: <reason>)`` otherwise."""
+    """``<artifact> <version>`` for a learned image, ``classical <method> (fallback: <reason>)`` otherwise; a
+    posterior image says what it is and how it was made (``ReconResult.note``)."""
+    if result.role is not ImageRole.reconstruction:
+        return f"{result.role.title}: {result.note}" if result.note else result.role.title
     if result.is_learned:
         return f"{result.artifact} {result.version}" if result.version else str(result.artifact)
     text = f"classical {result.maker}"

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from mrdserve.models.data.baseline import METHODS
+from mrdserve.models.physics.posterior_sampling import MAX_POSTERIOR_SAMPLES
 from mrdserve.service.engine.choice import CLASSICAL
 from mrdserve.service.outputs.formats import FORMAT_NAMES
 from mrdserve.service.rest.deps import GUARDED, State
@@ -22,6 +23,11 @@ async def list_models(state: State) -> dict[str, Any]:
 
 @router.get("/v1/choices", dependencies=GUARDED)
 async def list_choices(state: State) -> dict[str, Any]:
-    """The values of ``artifact``, ``method`` and ``format`` a reconstruction request may name."""
+    """The values of ``artifact``, ``method`` and ``format`` a reconstruction request may name, and the score
+    priors behind ``uncertainty`` (at most ``max`` posterior samples per slice, ``mode=async``)."""
+    posterior = getattr(state.engine, "posterior", None)
+    priors = [posterior.label] if posterior is not None and posterior.available else []  # the one in use
     return {"artifacts": ["auto", CLASSICAL, *sorted({a.name for a in state.engine.artifacts})],
-            "methods": list(METHODS), "formats": list(FORMAT_NAMES)}
+            "methods": list(METHODS), "formats": list(FORMAT_NAMES),
+            "uncertainty": {"max": MAX_POSTERIOR_SAMPLES, "priors": priors,
+                            "budget_s_per_slice": state.config.uncertainty_budget_s}}

@@ -30,6 +30,7 @@ from mrdserve.service.rest.state import ServiceState
 from mrdserve.service.spool import FAILED, SUCCEEDED, Job
 
 MIN_RETRY_S = 1.0  # a job waits at least this long before asking a full queue again
+PROGRESS_EVERY_S = 1.0  # how often a job's status records the progress of its posterior sampling
 
 
 class JobRunner:
@@ -86,12 +87,25 @@ class JobRunner:
         header, samples = await state.cpu_bound(ingest, state.spool.input_path(job), params.get("group", "dataset"),
                                                 state.config.budget)
         ingested = time.perf_counter()
+        n_samples = int(params.get("uncertainty") or 0)
+        if n_samples:
+            try:
+                state.engine.check_uncertainty(n_samples, samples=samples)  # 2D data, before any work
+            except ValueError as error:
+                raise ApiError(422, "invalid_request", str(error)) from None
         results = await self._reconstruct(samples, params)
         reconstructed = time.perf_counter()
+        await self._add_uncertainty(job, results, n_samples)
+        sampled = time.perf_counter()
         packaged = await state.cpu_bound(package, results, header, fmt, work_dir)
         pushed = await push_to_pacs(state, packaged, fmt)
-        summary = result_summary(results, {"ingest": ingested - started, "reconstruct": reconstructed - ingested,
-                                           "output": time.perf_counter() - reconstructed})
+        stages = {"ingest": ingested - started, "reconstruct": reconstructed - ingested}
+        if n_samples:
+            stages["uncertainty"] = sampled - reconstructed
+        summary = result_summary(results, {**stages, "output": time.perf_counter() - sampled})
+        failed_maps = sorted({r.posterior_error for r in results if r.posterior_error})
+        if failed_maps:
+            summary["uncertainty_errors"] = failed_maps
         state.spool.mark_succeeded(job, Path(packaged.path), packaged.media_type, packaged.filename, len(results),
                                    pacs=None if pushed is None else pushed.public(), summary=summary)
         state.count(results, "ok")
@@ -107,6 +121,21 @@ class JobRunner:
                 await asyncio.sleep(max(MIN_RETRY_S, full.retry_after_s))
             except ENGINE_ERRORS as error:
                 raise engine_error(error) from error
+
+    async def _add_uncertainty(self, job: Job, results: list[Any], n_samples: int) -> None:
+        """Posterior mean and standard-deviation maps for every slice, the job's progress kept in its status."""
+        if not n_samples:
+            return
+        loop, spool = asyncio.get_running_loop(), self.state.spool
+        spool.mark_progress(job, "uncertainty", 0.0)
+        reported = [0.0, time.monotonic()]
+
+        def progress(fraction: float) -> None:  # from the sampling thread: a small status write, at most 1/s
+            if fraction >= 1.0 or time.monotonic() - reported[1] >= PROGRESS_EVERY_S:
+                reported[:] = [fraction, time.monotonic()]
+                loop.call_soon_threadsafe(spool.mark_progress, job, "uncertainty", fraction)
+
+        await self.state.engine.add_uncertainty(results, n_samples, progress)  # a slice's failure is kept in it
 
     def _fail(self, job: Job, error: Exception) -> None:
         """Record why a job failed, or requeue it when the shutdown (not the job) interrupted it."""

@@ -16,6 +16,7 @@ from mrdserve.models.data.baseline import METHODS
 from mrdserve.service.engine.choice import Choice
 from mrdserve.service.log import log_event
 from mrdserve.service.outputs.formats import OutputFormat
+from mrdserve.service.posterior import check_uncertainty
 from mrdserve.service.rest.context import logger
 from mrdserve.service.rest.deps import Jobs, State, only_query, require_api_key
 from mrdserve.service.rest.errors import ApiError
@@ -31,7 +32,7 @@ from mrdserve.service.rest.processing import (
 from mrdserve.service.rest.state import ServiceState
 from mrdserve.service.rest.upload import UPLOAD_FIELD, receive_upload
 
-RECONSTRUCTION_PARAMETERS = ("format", "artifact", "group", "method", "mode")
+RECONSTRUCTION_PARAMETERS = ("format", "artifact", "group", "method", "mode", "uncertainty")
 RECONSTRUCTION_QUERY = only_query(*RECONSTRUCTION_PARAMETERS)
 
 
@@ -72,9 +73,13 @@ async def create_reconstruction(
         AUTO_METHOD),
     mode: Annotated[Mode, Query(description="async: 202 with a job id, poll /v1/reconstructions/{id}")] = (
         Mode.sync),
+    uncertainty: Annotated[int, Query(description="posterior samples per slice (DSM prior) for a posterior-mean "
+                                                  "and a standard-deviation series beside the images; slow: "
+                                                  "with mode=async only; 0: none")] = 0,
 ) -> Response:
     """Reconstruct an uploaded ISMRMRD file and return the images in the format asked for."""
-    params = {"format": format.value, "artifact": artifact, "group": group, "method": method.value}
+    params = {"format": format.value, "artifact": artifact, "group": group, "method": method.value,
+              "uncertainty": _uncertainty(state, uncertainty, mode)}
     limit = state.config.upload_max_bytes
     too_large = ApiError(413, "too_large", f"the upload is larger than the limit of {limit} bytes "
                                            f"(upload_max_bytes)", {"Connection": "close"})
@@ -82,6 +87,20 @@ async def create_reconstruction(
         return await accept_job(state, runner, request, params, too_large)
     state.check_ready()
     return await reconstruct_now(state, request, params, too_large)
+
+
+def _uncertainty(state: ServiceState, n_samples: int, mode: Mode) -> int:
+    """The number of posterior samples asked for, checked before the upload is read (422 naming the fix)."""
+    try:
+        n_samples = check_uncertainty(n_samples)
+        if n_samples:
+            state.engine.check_uncertainty(n_samples)  # a score prior is configured
+    except ValueError as error:
+        raise ApiError(422, "invalid_request", str(error)) from None
+    if n_samples and mode is not Mode.async_:
+        raise ApiError(422, "invalid_request", "uncertainty: posterior sampling takes minutes per slice; ask for it "
+                                               "with mode=async and poll the job (its status shows the progress)")
+    return n_samples
 
 
 async def reconstruct_now(state: ServiceState, request: Request, params: dict[str, Any],

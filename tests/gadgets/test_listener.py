@@ -146,3 +146,31 @@ def test_fully_sampled_and_two_coil_scans_through_the_listener(listener, engine,
         header, acquisitions = read_acquisitions(path)
         messages = _exchange(listener, stream_bytes(config_text(), header, acquisitions))
         assert_images_match(messages, expected_results(engine, header, acquisitions))
+
+
+def test_uncertainty_property_sends_posterior_series_from_the_bundled_prior(listener, engine, cartesian,
+                                                                           monkeypatch):
+    """The real sampler and the bundled score prior behind the gadget: after each image, its posterior mean
+    (next series) and standard-deviation map (the one after), saying what they are."""
+    monkeypatch.setattr(engine.config, "uncertainty_budget_s", 30.0)
+    header, acquisitions = cartesian
+    first_slice = [acq for acq in acquisitions if acq.idx.slice == 0]
+    messages = _exchange(listener, stream_bytes(config_text(uncertainty="2", series_index="3"), header, first_slice))
+    assert messages[-1].id == MessageId.CLOSE and not [m for m in messages if m.id == MessageId.ERROR]
+    images = {int(m.value.image_series_index): m.value for m in messages if m.id == MessageId.IMAGE}
+    assert sorted(images) == [3, 4, 5]
+    image, mean, std = (np.asarray(images[index].data, np.float64).squeeze() for index in (3, 4, 5))
+    roles = [ismrmrd.Meta.deserialize(images[index].attribute_string)["DataRole"] for index in (3, 4, 5)]
+    assert roles == ["Image", "PosteriorMean", "PosteriorStd"]
+    comment = ismrmrd.Meta.deserialize(images[5].attribute_string)["ImageComments"]
+    assert "uncertainty map (posterior SD)" in comment and "score prior demo-score" in comment
+    assert np.isfinite(mean).all() and (std >= 0).all() and std.max() > 0
+    assert np.corrcoef(image.ravel(), mean.ravel())[0, 1] > 0.8  # the mean shows the same anatomy
+    assert std.mean() < 0.5 * mean.mean()
+
+
+def test_a_bad_uncertainty_property_is_an_error_naming_it(listener, cartesian):
+    header, acquisitions = cartesian
+    messages = _exchange(listener, stream_bytes(config_text(uncertainty="65"), header, acquisitions[:4]))
+    assert [m.id for m in messages] == [MessageId.ERROR, MessageId.CLOSE]
+    assert "uncertainty" in messages[0].value

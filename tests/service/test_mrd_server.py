@@ -290,9 +290,54 @@ def test_json_parameters_choose_dtype_and_series(server, inputs):
     assert all(image.meta["ImageComments"].startswith("classical") for image in classical.images)
 
 
+class InstantPosterior:
+    """Stands in for service.posterior.PosteriorEstimator: the mean is the image, the std map a constant."""
+
+    available = True
+
+    def estimate(self, result, n_samples, time_budget_s, progress=None):
+        from mrdserve.service.engine.result import ImageRole
+
+        note = f"{n_samples} of {n_samples} posterior samples from score prior instant-1"
+        return [result.posterior(ImageRole.posterior_mean, result.image, note),
+                result.posterior(ImageRole.posterior_std, np.full_like(result.image, 0.25), note)]
+
+
+def test_uncertainty_parameter_sends_posterior_series_after_each_image(server, inputs, monkeypatch):
+    monkeypatch.setattr(server.engine, "_posterior", InstantPosterior())
+    result = stream_file(inputs["cartesian"], HOST, server.port,
+                         parameters={"uncertainty": 4, "series_index": 5})
+    assert result.closed and not result.errors, result.texts
+    by_series = {}
+    for image in result.images:
+        by_series.setdefault(image.image_series_index, []).append(image)
+    assert sorted(by_series) == [5, 6, 7] and all(len(images) == 2 for images in by_series.values())
+    assert [image.meta["DataRole"] for image in by_series[7]] == ["PosteriorStd"] * 2
+    assert [image.image_index for image in by_series[6]] == [1, 2]
+    assert all("posterior mean: 4 of 4 posterior samples" in image.meta["ImageComments"] for image in by_series[6])
+    np.testing.assert_allclose(by_series[7][0].data, 0.25)
+    assert any("uncertainty maps from 4 posterior samples" in text for text in result.texts)
+    assert sum("uncertainty maps: 4 of 4" in text for text in result.texts) == 2
+
+
+class FailingPosterior(InstantPosterior):
+    def estimate(self, result, n_samples, time_budget_s, progress=None):
+        raise RuntimeError("injected sampler failure")
+
+
+def test_failing_uncertainty_maps_leave_the_images_and_the_stream_intact(server, inputs, monkeypatch):
+    monkeypatch.setattr(server.engine, "_posterior", FailingPosterior())
+    result = stream_file(inputs["cartesian"], HOST, server.port, parameters={"uncertainty": 2})
+    assert result.closed and not result.errors and len(result.images) == 2, result.texts
+    assert sum("WARNING: uncertainty maps not made: RuntimeError: injected" in t for t in result.texts) == 2
+    too_high = stream_file(inputs["cartesian"], HOST, server.port,
+                           parameters={"uncertainty": 2, "series_index": 65534})
+    assert len(too_high.errors) == 1 and "series_index: at most 65533" in too_high.errors[0]
+
+
 @pytest.mark.parametrize("parameters, field", [
     ({"dtype": "int8"}, "dtype"), ({"series_index": -1}, "series_index"), ({"artifact": "no-such-net"}, "no-such-net"),
-    ("not json", "JSON")])
+    ({"uncertainty": 65}, "uncertainty"), ("not json", "JSON")])
 def test_bad_json_parameters_name_the_field(server, inputs, parameters, field):
     xml, acquisitions = read_acquisitions(inputs["cartesian"])
     text = parameters if isinstance(parameters, str) else json.dumps(parameters)
@@ -449,13 +494,13 @@ def test_classical_method_by_config_name_or_parameter(server, inputs):
 
 @pytest.mark.parametrize("as_config_text", [False, True], ids=["text-after-header", "config-text"])
 def test_openrecon_ui_parameters_round_trip_and_images_carry_their_geometry(server, inputs, as_config_text):
-    """OpenRecon's UI parameters (service.openrecon: artifact, method, dtype, series_index) arrive as JSON, after
-    the header or as CONFIG_TEXT; the images carry the geometry meta OpenRecon needs."""
+    """OpenRecon's UI parameters (service.openrecon: artifact, method, dtype, series_index, uncertainty) arrive as
+    JSON, after the header or as CONFIG_TEXT; the images carry the geometry meta OpenRecon needs."""
     from mrdserve.models.data.ismrmrd_io import read_ismrmrd
     from mrdserve.service.openrecon import label_document
 
     ui = {p["id"] for p in label_document(server.engine.artifacts)["parameters"]}
-    chosen = {"artifact": "classical", "method": "cg-sense", "dtype": "uint16", "series_index": 3}
+    chosen = {"artifact": "classical", "method": "cg-sense", "dtype": "uint16", "series_index": 3, "uncertainty": 0}
     assert set(chosen) == ui
     document = {"parameters": {"config": "default", **chosen}}
     if as_config_text:

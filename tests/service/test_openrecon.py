@@ -51,6 +51,7 @@ def test_the_ui_parameters_are_the_engines_choices(document):
     assert artifacts[:2] == ["auto", "classical"] and {"demo-xpdnet", "demo-ncpdnet-radial"} <= set(artifacts)
     assert [value["id"] for value in parameters["method"]["values"]] == list(METHODS)
     assert parameters["dtype"]["default"] == "float32" and parameters["series_index"]["type"] == "int"
+    assert parameters["uncertainty"]["type"] == "int" and parameters["uncertainty"]["default"] == 0
 
 
 @pytest.mark.parametrize(("edit", "named"), [
@@ -90,4 +91,4 @@ def test_the_command_writes_the_three_files(tmp_path, capsys):
     label = (tmp_path / "openrecon-label.b64").read_text().strip()
     assert json.loads(base64.b64decode(label)) == written
     assert "FROM mrdserve:cpu AS openrecon" in (tmp_path / "Dockerfile.openrecon").read_text()
-    assert "4 UI parameters" in capsys.readouterr().out
+    assert "5 UI parameters" in capsys.readouterr().out
