@@ -94,7 +94,7 @@ def build_checkpoint(*, config: dict[str, Any], model: torch.nn.Module, optimize
     }
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` onto ``path``."""
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -124,7 +124,7 @@ def save_checkpoint(checkpoint: dict[str, Any], directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / step_filename(int(checkpoint["step"]))
-    _atomic_torch_save(checkpoint, path)
+    atomic_torch_save(checkpoint, path)
     _atomic_alias(path, directory / LATEST)
     return path
 

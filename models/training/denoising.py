@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from mrdserve.models.training.checkpoint import atomic_torch_save
 
 DENOISER_FORMAT = "mrdserve-denoiser/1"
 LOSS_NAMES = ("l2", "l1")
@@ -171,14 +171,7 @@ def save_denoiser(path: str | Path, model: nn.Module, network: dict[str, Any], c
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(checkpoint, stream)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(checkpoint, path)
     return path
 
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -36,7 +34,7 @@ import torch
 
 from mrdserve.models.data.phantoms import complex_phantom_2d
 from mrdserve.models.nets.registry import build_network
-from mrdserve.models.training.checkpoint import git_commit
+from mrdserve.models.training.checkpoint import atomic_torch_save, git_commit
 
 SCORE_CHECKPOINT_FORMAT = "mrdserve-score-checkpoint/1"
 NETWORK_NAME = "score"
@@ -191,14 +189,7 @@ def save_score_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     """``torch.save`` to a temporary file next to ``path`` and ``os.replace`` it into place (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(checkpoint, stream)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(checkpoint, path)
     return path
 
 
