@@ -152,7 +152,7 @@ def test_uncertainty_property_sends_posterior_series_from_the_bundled_prior(list
                                                                            monkeypatch):
     """The real sampler and the bundled score prior behind the gadget: after each image, its posterior mean
     (next series) and standard-deviation map (the one after), saying what they are."""
-    monkeypatch.setattr(engine.config, "uncertainty_budget_s", 30.0)
+    monkeypatch.setattr(engine.config, "uncertainty_budget_s", 8.0)
     header, acquisitions = cartesian
     first_slice = [acq for acq in acquisitions if acq.idx.slice == 0]
     messages = _exchange(listener, stream_bytes(config_text(uncertainty="2", series_index="3"), header, first_slice))

@@ -25,7 +25,7 @@ class FakeUncertaintyEngine(FakeEngine):
         self.asked: list[int] = []
         self.artifacts: list = []
 
-    def check_uncertainty(self, n_samples, field="uncertainty"):
+    def check_uncertainty(self, n_samples, field="uncertainty", samples=()):
         n_samples = check_uncertainty(n_samples, field)
         if n_samples and not self.has_prior:
             raise ValueError(f"{field}: uncertainty maps need a score-prior artifact and none is configured")
