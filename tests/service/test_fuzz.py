@@ -38,7 +38,7 @@ from tests.service.hostile_peers import StreamEngine, messages_of, run_session, 
 from tests.service.test_api import FakeEngine
 
 # bench/fuzz.py runs more cases from other seeds through these same tests
-CASES = int(os.environ.get("MRDSERVE_FUZZ_CASES", "600"))
+CASES = int(os.environ.get("MRDSERVE_FUZZ_CASES", "400"))
 FIRST_SEED = int(os.environ.get("MRDSERVE_FUZZ_SEED", "0"))
 SEEDS = range(FIRST_SEED, FIRST_SEED + CASES)
 HEAD_BYTES = acquisition_header_dtype.itemsize
