@@ -23,13 +23,7 @@ TINY = {"n_scales": 2, "n_filters": 4, "analysis_size": 3, "synthesis_size": 5}
 TINY_PRIOR = {"n_scales": 1, "n_filters": 2, "analysis_size": 3, "synthesis_size": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two threads ran these small convolutions many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _count(model: torch.nn.Module) -> int:

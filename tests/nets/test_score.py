@@ -8,13 +8,7 @@ from tests.nets.export_check import assert_exports
 TINY = {"n_filters": 4, "n_scales": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two threads ran these small convolutions several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _inputs(batch: int, shape: tuple[int, int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,13 +24,7 @@ TEST_SEED = 777  # a simulation seed (and so a phantom) that neither training no
 FAST = {"n_levels": 15, "steps_per_level": 1, "metropolis": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two threads ran these small convolutions several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,7 @@ CONFIG = DenoisingConfig(steps=12, batch_size=4, patch_size=16, image_size=32, t
                          sigma_range=(0.05, 0.15), lr=1e-2, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two threads ran these small convolutions many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

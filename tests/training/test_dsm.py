@@ -15,13 +15,7 @@ TINY = DSMConfig(matrices=(16, 24), crop=16, n_phantoms=4, validation_phantoms=2
                  network={"n_filters": 4, "n_scales": 2}, checkpoint_every=2, log_every=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two threads ran these small convolutions several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def test_residual_loss_is_the_ar_dae_objective():
