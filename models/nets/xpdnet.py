@@ -6,6 +6,12 @@ image and updates the buffer residually with an MWCNN applied to [buffer, gradie
 Sensitivities, optionally refined once by a per-coil U-Net, enter only through the SENSE operator.
 Output: |x_1|.
 
+``warm_start=K`` starts the buffer from Tikhonov-regularised CG-SENSE (K conjugate-gradient steps on
+(A^H A + l2 I) x = A^H y) instead of A^H y, so the network refines an image whose aliasing is already unfolded
+(the data term's work at large matrices, which a few unrolled iterations cannot do alone). The weight mirrors the
+classical ``cg-sense``: l2 = factor * sigma^2 / mean|A^H y|^2, sigma^2 from the outer readout samples, the factor
+learned (initially ``warm_start_factor``).
+
 ``prior="learnlets"`` replaces the MWCNN of every iteration by ``LearnletsPrior`` (models.nets.learnlets): a 1x1
 convolution mixes [buffer, gradient] into channels, Learnlets shared by the channels denoise each with its own
 learned noise level, and a 1x1 convolution of [denoised, input] gives the update, initially one proximal gradient
@@ -14,6 +20,7 @@ step ``x <- D(x - step * gradient)`` per buffer image (Learnlets as the sparsity
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +31,7 @@ from mrdserve.models.nets.complex import channels_to_complex, complex_to_channel
 from mrdserve.models.nets.learnlets import LearnletsPrior
 from mrdserve.models.nets.mwcnn import MWCNN
 from mrdserve.models.nets.sensitivity_refiner import SensitivityRefiner
-from mrdserve.models.physics.kernels import sense_gradient, sense_reduce
+from mrdserve.models.physics.kernels import edge_noise_variance, sense_cg, sense_gradient, sense_reduce
 
 ImageNetFactory = Callable[[int, int], nn.Module]
 
@@ -67,14 +74,21 @@ class XPDNet(nn.Module):
         image_net: factory ``(in_channels, out_channels) -> nn.Module`` overriding the prior (e.g. for tests).
         prior: the image nets, "mwcnn" (``preset``) or "learnlets" (``LearnletsPrior(**learnlets)``).
         learnlets: keyword arguments of ``LearnletsPrior`` when ``prior="learnlets"``.
+        warm_start: CG-SENSE steps of the initial buffer image (0: the adjoint A^H y, as the reference).
+        warm_start_factor: initial factor of the warm start's noise-scaled Tikhonov weight (learned).
     """
 
     def __init__(self, n_iter: int = 10, n_primal: int = 5, preset: str = "small", refine_smaps: bool = False,
                  refiner_preset: str = "small", image_net: ImageNetFactory | None = None, prior: str = "mwcnn",
-                 learnlets: dict[str, Any] | None = None) -> None:
+                 learnlets: dict[str, Any] | None = None, warm_start: int = 0,
+                 warm_start_factor: float = 3.0) -> None:
         super().__init__()
         if n_iter < 1 or n_primal < 1:
             raise ValueError(f"n_iter and n_primal must be >= 1, got {n_iter} and {n_primal}")
+        if warm_start < 0:
+            raise ValueError(f"warm_start (CG steps) must be >= 0, got {warm_start}")
+        if not warm_start_factor > 0:
+            raise ValueError(f"warm_start_factor must be > 0, got {warm_start_factor}")
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
         if learnlets is not None and prior != "learnlets":
@@ -89,11 +103,22 @@ class XPDNet(nn.Module):
         self.image_nets = nn.ModuleList([build(2 * (n_primal + 1), 2 * n_primal) for _ in range(n_iter)])
         self.refine_smaps = refine_smaps
         self.refiner = SensitivityRefiner(preset=refiner_preset) if refine_smaps else nn.Identity()
+        self.warm_start = warm_start
+        log_factor = torch.tensor(math.log(warm_start_factor))
+        if warm_start > 0:
+            self.warm_start_log_factor = nn.Parameter(log_factor)
+        else:  # not a parameter (state dicts of adjoint-started XPDNets are unchanged), but scriptable
+            self.register_buffer("warm_start_log_factor", log_factor, persistent=False)
 
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor) -> torch.Tensor:
         measured = real_to_complex(kspace)  # [B, C, ky, kx]
         smaps_c = real_to_complex(self.refiner(smaps))
         image = sense_reduce(measured, smaps_c, mask)  # [B, 1, y, x]: the coil axis kept (export-safe)
+        if self.warm_start > 0:
+            power = (image.real * image.real + image.imag * image.imag).reshape(image.shape[0], -1).mean(dim=1)
+            l2 = torch.exp(self.warm_start_log_factor) * edge_noise_variance(measured, mask)
+            l2 = (l2 / power.clamp_min(1e-12).reshape(-1, 1, 1, 1)).clamp_min(1e-6)
+            image = sense_cg(image, smaps_c, mask, l2, self.warm_start)
         buffer = torch.cat([image] * self.n_primal, dim=1)  # [B, n_primal, y, x]
         for image_net in self.image_nets:
             gradient = sense_gradient(buffer[:, :1], measured, smaps_c, mask)

@@ -10,10 +10,13 @@ not complex padding or products); ``tests/physics/test_kernels.py`` checks each 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn import functional
 
 from mrdserve.models.physics.fft import fftnc, ifftnc
+from mrdserve.models.physics.noise_level import QUANTILE, edge_width
 
 
 def expand_coils(image: torch.Tensor, smaps: torch.Tensor) -> torch.Tensor:
@@ -48,6 +51,59 @@ def sense_gradient(image: torch.Tensor, measured: torch.Tensor, smaps: torch.Ten
                    mask: torch.Tensor) -> torch.Tensor:
     """Gradient A^H (A x - y) of the SENSE data term at ``image [B, 1, *S]`` (same shape out)."""
     return sense_reduce(sense_expand(image, smaps, mask) - measured, smaps, mask)
+
+
+def _real_inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample Re<a, b> of complex ``[B, ...]`` tensors, shape ``[B, 1, ..., 1]`` like ``a``."""
+    product = a.real * b.real + a.imag * b.imag
+    return product.reshape(product.shape[0], -1).sum(dim=1).reshape([-1] + [1] * (a.dim() - 1))
+
+
+def edge_noise_variance(kspace: torch.Tensor, mask: torch.Tensor, quantile: float = QUANTILE) -> torch.Tensor:
+    """Per-sample complex noise variance ``[B, 1, 1, 1]`` of ``kspace [B, C, ky, kx]`` (``mask [B, 1, ky, kx]``,
+    1 where measured) from the measured samples of the outer readout: the estimator of
+    ``noise_level.kspace_noise_variance`` (a low quantile of |y|^2 over -ln(1 - q)) in export-safe form (a sort
+    and a gather instead of kthvalue); 0 where no sample was measured there."""
+    n_kx = kspace.shape[-1]
+    width = edge_width(n_kx)
+    power = kspace.real * kspace.real + kspace.imag * kspace.imag
+    edges = torch.cat([power.narrow(-1, 0, width), power.narrow(-1, n_kx - width, width)], dim=-1)
+    measured = torch.cat([mask.narrow(-1, 0, width), mask.narrow(-1, n_kx - width, width)], dim=-1)
+    measured = (measured > 0).expand(edges.shape).reshape(edges.shape[0], -1)
+    values = torch.where(measured, edges.reshape(edges.shape[0], -1), torch.full_like(measured, 3.0e38,
+                                                                                          dtype=power.dtype))
+    ordered = torch.sort(values, dim=1).values
+    count = measured.sum(dim=1)
+    index = (torch.round(quantile * count.to(power.dtype)).long() - 1).clamp_min(0)
+    picked = ordered.gather(1, index.reshape(-1, 1)).reshape(-1)
+    variance = torch.where(count > 0, picked / -math.log(1.0 - quantile), torch.zeros_like(picked))
+    return variance.reshape(-1, 1, 1, 1)
+
+
+def sense_cg(rhs: torch.Tensor, smaps: torch.Tensor, mask: torch.Tensor, l2: torch.Tensor,
+             n_iter: int) -> torch.Tensor:
+    """Tikhonov-regularised SENSE by ``n_iter`` conjugate-gradient steps: (A^H A + l2 I) x = rhs from x = 0.
+
+    ``rhs [B, 1, *S]`` (usually A^H y), ``l2 [B, 1, ..., 1]`` per sample. A fixed number of steps and no
+    data-dependent branch, so TorchScript scripts it, the ONNX exporter unrolls it and autograd runs through it;
+    a converged (or all-zero) sample takes zero steps instead of dividing by zero.
+    """
+    floor = 1e-30
+    x = rhs * 0.0  # not zeros_like: the ONNX exporter has no complex zeros_like
+    residual = rhs
+    direction = rhs
+    power = _real_inner(residual, residual)
+    for _ in range(n_iter):
+        product = sense_reduce(sense_expand(direction, smaps, mask), smaps, mask) + l2 * direction
+        curvature = _real_inner(direction, product)
+        alpha = torch.where(curvature > floor, power / curvature.clamp_min(floor), torch.zeros_like(power))
+        x = x + alpha * direction
+        residual = residual - alpha * product
+        new_power = _real_inner(residual, residual)
+        beta = torch.where(power > floor, new_power / power.clamp_min(floor), torch.zeros_like(power))
+        direction = residual + beta * direction
+        power = new_power
+    return x
 
 
 def toeplitz_product(image: torch.Tensor, kernel: torch.Tensor, n_spatial: int,

@@ -12,8 +12,15 @@ import math
 
 import torch
 
-EDGE_FRACTION = 0.0625  # outer 1/16 of the readout on each side
+EDGE_DIVISOR = 16  # the outer 1/16 of the readout on each side
+EDGE_FRACTION = 1.0 / EDGE_DIVISOR
 QUANTILE = 0.1
+
+
+def edge_width(n_readout: int, divisor: int = EDGE_DIVISOR) -> int:
+    """Readout samples on each side that count as the edge: n / divisor rounded (integer maths, so an exported
+    graph computes it from a symbolic size), at least 1."""
+    return max(1, (n_readout + divisor // 2) // divisor)
 
 
 def quantile(values: torch.Tensor, q: float) -> float:
@@ -38,7 +45,7 @@ def kspace_noise_variance(kspace: torch.Tensor) -> float:
     Unsampled (exactly zero) samples are ignored; returns 0.0 when no sample is left (e.g. noiseless data).
     """
     n_kx = kspace.shape[-1]
-    width = max(1, round(n_kx * EDGE_FRACTION))
+    width = edge_width(n_kx)
     edges = torch.cat([kspace[..., :width], kspace[..., n_kx - width:]], dim=-1)
     return _variance_from_power(edges.abs().square().reshape(-1))
 

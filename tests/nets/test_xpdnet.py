@@ -4,8 +4,14 @@ import pytest
 import torch
 from torch import nn
 
+from mrdserve.models.data.coils import coil_sensitivities_2d
+from mrdserve.models.data.phantoms import complex_phantom_2d
 from mrdserve.models.nets.mwcnn import MWCNN
 from mrdserve.models.nets.xpdnet import XPDNet
+from mrdserve.models.physics.classical import cartesian_cg_sense
+from mrdserve.models.physics.kernels import sense_expand
+from mrdserve.models.physics.masks import EquispacedFractionMask
+from mrdserve.models.physics.noise_level import kspace_noise_variance
 from mrdserve.models.physics.sense import sense_adjoint, sense_forward
 from tests.nets.cartesian_inputs import fit_losses, prepared_example, random_inputs
 from tests.nets.export_check import assert_exports
@@ -104,3 +110,58 @@ def test_tiny_xpdnet_overfits_one_example():
     model = XPDNet(n_iter=2, image_net=_tiny_mwcnn)
     losses = fit_losses(model, inputs, target, steps=150, lr=1e-3)
     assert min(losses[-20:]) < losses[0] / 10
+
+
+def test_warm_start_with_zero_image_nets_is_regularised_cg_sense():
+    # zero image nets: the output is the warm start itself, CG-SENSE with l2 = factor * sigma^2 / mean|A^H y|^2
+    prepared, _ = prepared_example()
+    model = XPDNet(n_iter=2, image_net=_tiny_mwcnn, warm_start=12, warm_start_factor=2.0)
+    for image_net in model.image_nets:
+        for parameter in image_net.parameters():
+            nn.init.zeros_(parameter)
+    adjoint = sense_adjoint(prepared.kspace, prepared.smaps, prepared.mask)
+    noise = kspace_noise_variance(prepared.kspace)
+    l2 = max(2.0 * noise / float(adjoint.abs().square().mean()), 1e-6)
+    expected = cartesian_cg_sense(prepared.kspace, prepared.mask, prepared.smaps, n_iter=12, l2=l2, tol=0.0).abs()
+    assert torch.allclose(model(*prepared.to_network_inputs()), expected.reshape(1, *expected.shape[-2:]),
+                          atol=1e-5)
+
+
+def test_warm_start_unfolds_aliasing_the_adjoint_keeps():
+    # noiseless 4-coil phantom data (10 of 32 lines) with the true maps (unit root-sum-of-squares): CG-SENSE
+    # recovers the image, the adjoint keeps the aliasing (a small factor: at 32x32 the readout's edge has signal)
+    truth = complex_phantom_2d((32, 32), seed=1).reshape(1, 1, 32, 32)
+    maps = coil_sensitivities_2d(4, (32, 32), seed=1).unsqueeze(0)
+    smaps = maps / maps.abs().square().sum(dim=1, keepdim=True).sqrt()
+    mask = EquispacedFractionMask([0.125], [3])(32, seed=0).kspace_mask().float().reshape(1, 1, 32, 1)
+    mask = mask.expand(1, 1, 32, 32)
+    kspace = sense_expand(truth, smaps, mask)
+    inputs = (torch.stack([kspace.real, kspace.imag], dim=-1), mask, torch.stack([smaps.real, smaps.imag], dim=-1))
+    errors = {}
+    for steps in (0, 30):
+        model = XPDNet(n_iter=1, image_net=_tiny_mwcnn, warm_start=steps, warm_start_factor=1e-3)
+        for parameter in model.image_nets.parameters():
+            nn.init.zeros_(parameter)
+        with torch.no_grad():
+            image = model(*inputs)
+        errors[steps] = float((image - truth.abs()[0]).norm() / truth.abs().norm())
+    assert errors[30] < 0.1 < errors[0]
+
+
+def test_warm_start_factor_is_learned_and_adjoint_state_dicts_are_unchanged():
+    assert "warm_start_log_factor" not in XPDNet(n_iter=1).state_dict()
+    model = XPDNet(n_iter=1, preset="small", warm_start=3)
+    assert "warm_start_log_factor" in dict(model.named_parameters())
+    assert_gradients_reach_all_parameters(model, random_inputs(2, 3, (16, 16)))
+    with pytest.raises(ValueError, match="warm_start"):
+        XPDNet(n_iter=1, warm_start=-1)
+
+
+def test_warm_started_xpdnet_scripts_and_exports_to_onnx():
+    torch.manual_seed(0)
+    model = XPDNet(n_iter=1, n_primal=2, preset="small", warm_start=3)
+    example = random_inputs(2, 3, (16, 16), seed=1)
+    other_batch = random_inputs(3, 3, (16, 16), seed=2)
+    dynamic = [(1, 2, 3), (2, 3), (1, 2, 3)]
+    assert assert_exports(model, example, other_batch, dynamic_dims=dynamic,
+                          other_size_inputs=[random_inputs(1, 4, (20, 24), seed=3)]) == "script"

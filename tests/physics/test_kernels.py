@@ -126,3 +126,40 @@ def test_every_kernel_scripts_and_matches_eager():
         for want, got in zip(eager if isinstance(eager, tuple) else (eager,),
                              compiled if isinstance(compiled, tuple) else (compiled,), strict=True):
             assert torch.allclose(got, want, atol=1e-6), name
+
+
+def test_sense_cg_equals_the_classical_conjugate_gradient_per_sample():
+    from mrdserve.models.physics.classical import cartesian_cg_sense
+
+    kspace = random_complex(2, 3, 12, 10, seed=5).to(torch.complex64)
+    smaps = random_complex(2, 3, 12, 10, seed=6).to(torch.complex64)
+    mask = _mask((12, 10), seed=7).to(torch.float32).expand(2, 1, 12, 10)
+    kspace = kspace * mask
+    l2 = torch.tensor([0.3, 0.01]).reshape(-1, 1, 1, 1)
+    solved = kernels.sense_cg(sense_reduce(kspace, smaps, mask), smaps, mask, l2, 20)
+    for b in range(2):
+        expected = cartesian_cg_sense(kspace[b:b + 1], mask[b:b + 1].bool(), smaps[b:b + 1], n_iter=20,
+                                      l2=float(l2[b]), tol=0.0)
+        assert relative_error(solved[b:b + 1].reshape(expected.shape), expected) < 1e-5
+    zero = kernels.sense_cg(torch.zeros_like(solved), smaps, mask, l2, 5)  # converged from the start: no 0/0
+    assert bool(torch.isfinite(zero.real).all()) and float(zero.abs().max()) == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(kernels.sense_cg)
+
+
+def test_edge_noise_variance_is_the_classical_estimate_in_export_safe_form():
+    from mrdserve.models.physics.noise_level import kspace_noise_variance
+
+    g = torch.Generator().manual_seed(3)
+    noise = torch.complex(torch.randn(2, 4, 64, 128, generator=g), torch.randn(2, 4, 64, 128, generator=g))
+    mask = (torch.arange(64) % 2 == 0).float().reshape(1, 1, 64, 1).expand(2, 1, 64, 128).clone()
+    mask[1] = 0.0  # nothing measured: 0, not a sort's padding
+    kspace = noise * torch.tensor([0.5, 1.0]).reshape(-1, 1, 1, 1) * mask
+    variance = kernels.edge_noise_variance(kspace, mask)
+    assert variance.shape == (2, 1, 1, 1) and float(variance[1]) == 0.0
+    assert abs(float(variance[0]) - 0.5) < 0.05  # complex variance 2 * 0.25
+    assert abs(float(variance[0]) - kspace_noise_variance(kspace[:1])) < 0.01 * 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(kernels.edge_noise_variance)
