@@ -91,13 +91,15 @@ demo: $(STAMP) demo-debian
 	echo "REST results (DICOM + PNG) in $(DEMO_DIR)/rest/, MRD stream results (ISMRMRD images) in $(DEMO_DIR)/mrd/"
 
 # Retrain and re-export the bundled demo artifacts (CPU, synthetic data; see models/training/configs/demo_*.yaml).
-# demo_xpdnet_base and demo_xpdnet_varied are stages 1 and 2 of the XPDNet (trained, not exported); demo_xpdnet
-# fine-tunes stage 2. Export also runs the validation envelope (minutes per artifact).
-DEMO_CONFIGS := demo_ncpdnet_radial demo_ncpdnet_spiral demo_xpdnet_base demo_xpdnet_varied demo_xpdnet
+# demo_xpdnet_base, demo_xpdnet_varied and demo_xpdnet are stages 1-3 of the XPDNet (trained, not exported);
+# demo_xpdnet_dc fine-tunes stage 3 with the final data-consistency step. Export also runs the validation envelope
+# (minutes per artifact).
+DEMO_CONFIGS := demo_ncpdnet_radial demo_ncpdnet_spiral demo_xpdnet_base demo_xpdnet_varied demo_xpdnet \
+	demo_xpdnet_dc
 demo-artifacts: $(STAMP)
 	for config in $(DEMO_CONFIGS); do \
 	  $(VENV)/bin/mrdserve train models/training/configs/$$config.yaml --no-resume || exit 1; \
-	  case $$config in demo_xpdnet_base|demo_xpdnet_varied) continue;; esac; \
+	  case $$config in demo_xpdnet_base|demo_xpdnet_varied|demo_xpdnet) continue;; esac; \
 	  $(VENV)/bin/mrdserve export runs/$$(echo $$config | tr _ -)/latest.pt -o service/artifacts --overwrite || exit 1; \
 	done
 

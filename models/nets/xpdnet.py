@@ -12,6 +12,11 @@ Output: |x_1|.
 classical ``cg-sense``: l2 = factor * sigma^2 / mean|A^H y|^2, sigma^2 from the outer readout samples, the factor
 learned (initially ``warm_start_factor``).
 
+``final_dc=K`` ends with a data-consistency step (as MoDL's): K CG steps on
+(A^H A + mu I) x = A^H y + mu x_net from the network's image x_net, with mu = factor * sigma^2 / mean|A^H y|^2 (the
+factor learned, initially ``final_dc_factor``): on clean data the measured k-space overrules the network, on noisy
+data the network's image holds.
+
 ``prior="learnlets"`` replaces the MWCNN of every iteration by ``LearnletsPrior`` (models.nets.learnlets): a 1x1
 convolution mixes [buffer, gradient] into channels, Learnlets shared by the channels denoise each with its own
 learned noise level, and a 1x1 convolution of [denoised, input] gives the update, initially one proximal gradient
@@ -76,19 +81,22 @@ class XPDNet(nn.Module):
         learnlets: keyword arguments of ``LearnletsPrior`` when ``prior="learnlets"``.
         warm_start: CG-SENSE steps of the initial buffer image (0: the adjoint A^H y, as the reference).
         warm_start_factor: initial factor of the warm start's noise-scaled Tikhonov weight (learned).
+        final_dc: CG steps of the final data-consistency step (0: none, the network's image is the output).
+        final_dc_factor: initial factor of that step's noise-scaled weight of the network's image (learned).
     """
 
     def __init__(self, n_iter: int = 10, n_primal: int = 5, preset: str = "small", refine_smaps: bool = False,
                  refiner_preset: str = "small", image_net: ImageNetFactory | None = None, prior: str = "mwcnn",
                  learnlets: dict[str, Any] | None = None, warm_start: int = 0,
-                 warm_start_factor: float = 3.0) -> None:
+                 warm_start_factor: float = 3.0, final_dc: int = 0, final_dc_factor: float = 3.0) -> None:
         super().__init__()
         if n_iter < 1 or n_primal < 1:
             raise ValueError(f"n_iter and n_primal must be >= 1, got {n_iter} and {n_primal}")
-        if warm_start < 0:
-            raise ValueError(f"warm_start (CG steps) must be >= 0, got {warm_start}")
-        if not warm_start_factor > 0:
-            raise ValueError(f"warm_start_factor must be > 0, got {warm_start_factor}")
+        if warm_start < 0 or final_dc < 0:
+            raise ValueError(f"warm_start and final_dc (CG steps) must be >= 0, got {warm_start} and {final_dc}")
+        if not (warm_start_factor > 0 and final_dc_factor > 0):
+            raise ValueError(f"warm_start_factor and final_dc_factor must be > 0, got {warm_start_factor} and "
+                             f"{final_dc_factor}")
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
         if learnlets is not None and prior != "learnlets":
@@ -104,24 +112,38 @@ class XPDNet(nn.Module):
         self.refine_smaps = refine_smaps
         self.refiner = SensitivityRefiner(preset=refiner_preset) if refine_smaps else nn.Identity()
         self.warm_start = warm_start
-        log_factor = torch.tensor(math.log(warm_start_factor))
-        if warm_start > 0:
-            self.warm_start_log_factor = nn.Parameter(log_factor)
-        else:  # not a parameter (state dicts of adjoint-started XPDNets are unchanged), but scriptable
-            self.register_buffer("warm_start_log_factor", log_factor, persistent=False)
+        self.final_dc = final_dc
+        self._learned_factor("warm_start_log_factor", warm_start_factor, warm_start > 0)
+        self._learned_factor("final_dc_log_factor", final_dc_factor, final_dc > 0)
+
+    def _learned_factor(self, name: str, initial: float, used: bool) -> None:
+        """A log-factor parameter where ``used``; else a buffer that is not saved (state dicts of XPDNets
+        without it are unchanged) but keeps the attribute scriptable."""
+        value = torch.tensor(math.log(initial))
+        if used:
+            self.register_parameter(name, nn.Parameter(value))
+        else:
+            self.register_buffer(name, value, persistent=False)
 
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor) -> torch.Tensor:
         measured = real_to_complex(kspace)  # [B, C, ky, kx]
         smaps_c = real_to_complex(self.refiner(smaps))
         image = sense_reduce(measured, smaps_c, mask)  # [B, 1, y, x]: the coil axis kept (export-safe)
-        if self.warm_start > 0:
+        relative_noise = image  # placeholder for TorchScript's typing; set below where a CG step needs it
+        if self.warm_start > 0 or self.final_dc > 0:
             power = (image.real * image.real + image.imag * image.imag).reshape(image.shape[0], -1).mean(dim=1)
-            l2 = torch.exp(self.warm_start_log_factor) * edge_noise_variance(measured, mask)
-            l2 = (l2 / power.clamp_min(1e-12).reshape(-1, 1, 1, 1)).clamp_min(1e-6)
+            relative_noise = edge_noise_variance(measured, mask) / power.clamp_min(1e-12).reshape(-1, 1, 1, 1)
+        if self.warm_start > 0:
+            l2 = (torch.exp(self.warm_start_log_factor) * relative_noise).clamp_min(1e-6)
             image = sense_cg(image, smaps_c, mask, l2, self.warm_start)
         buffer = torch.cat([image] * self.n_primal, dim=1)  # [B, n_primal, y, x]
         for image_net in self.image_nets:
             gradient = sense_gradient(buffer[:, :1], measured, smaps_c, mask)
             features = complex_to_channels(torch.cat([buffer, gradient], dim=1))
             buffer = buffer + channels_to_complex(image_net(features))
-        return magnitude(buffer[:, :1]).squeeze(1)
+        output = buffer[:, :1]
+        if self.final_dc > 0:  # (A^H A + mu I) d = A^H (y - A x_net), x = x_net + d
+            mu = (torch.exp(self.final_dc_log_factor) * relative_noise).clamp_min(1e-6)
+            output = output + sense_cg(-sense_gradient(output, measured, smaps_c, mask), smaps_c, mask, mu,
+                                       self.final_dc)
+        return magnitude(output).squeeze(1)

@@ -6,10 +6,11 @@ from torch import nn
 
 from mrdserve.models.data.coils import coil_sensitivities_2d
 from mrdserve.models.data.phantoms import complex_phantom_2d
+from mrdserve.models.nets.complex import real_to_complex
 from mrdserve.models.nets.mwcnn import MWCNN
 from mrdserve.models.nets.xpdnet import XPDNet
 from mrdserve.models.physics.classical import cartesian_cg_sense
-from mrdserve.models.physics.kernels import sense_expand
+from mrdserve.models.physics.kernels import sense_cg, sense_expand, sense_gradient
 from mrdserve.models.physics.masks import EquispacedFractionMask
 from mrdserve.models.physics.noise_level import kspace_noise_variance
 from mrdserve.models.physics.sense import sense_adjoint, sense_forward
@@ -128,15 +129,9 @@ def test_warm_start_with_zero_image_nets_is_regularised_cg_sense():
 
 
 def test_warm_start_unfolds_aliasing_the_adjoint_keeps():
-    # noiseless 4-coil phantom data (10 of 32 lines) with the true maps (unit root-sum-of-squares): CG-SENSE
-    # recovers the image, the adjoint keeps the aliasing (a small factor: at 32x32 the readout's edge has signal)
+    # the true maps; a small factor: at 32x32 the readout's edge has signal
+    inputs = _phantom_inputs()[0]
     truth = complex_phantom_2d((32, 32), seed=1).reshape(1, 1, 32, 32)
-    maps = coil_sensitivities_2d(4, (32, 32), seed=1).unsqueeze(0)
-    smaps = maps / maps.abs().square().sum(dim=1, keepdim=True).sqrt()
-    mask = EquispacedFractionMask([0.125], [3])(32, seed=0).kspace_mask().float().reshape(1, 1, 32, 1)
-    mask = mask.expand(1, 1, 32, 32)
-    kspace = sense_expand(truth, smaps, mask)
-    inputs = (torch.stack([kspace.real, kspace.imag], dim=-1), mask, torch.stack([smaps.real, smaps.imag], dim=-1))
     errors = {}
     for steps in (0, 30):
         model = XPDNet(n_iter=1, image_net=_tiny_mwcnn, warm_start=steps, warm_start_factor=1e-3)
@@ -148,18 +143,72 @@ def test_warm_start_unfolds_aliasing_the_adjoint_keeps():
     assert errors[30] < 0.1 < errors[0]
 
 
-def test_warm_start_factor_is_learned_and_adjoint_state_dicts_are_unchanged():
-    assert "warm_start_log_factor" not in XPDNet(n_iter=1).state_dict()
-    model = XPDNet(n_iter=1, preset="small", warm_start=3)
-    assert "warm_start_log_factor" in dict(model.named_parameters())
+def _phantom_inputs(seed: int = 1) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Noiseless 4-coil phantom data (10 of 32 lines) with unit root-sum-of-squares maps: network inputs, the
+    complex k-space, the complex maps and the mask."""
+    truth = complex_phantom_2d((32, 32), seed=seed).reshape(1, 1, 32, 32)
+    maps = coil_sensitivities_2d(4, (32, 32), seed=seed).unsqueeze(0)
+    smaps = maps / maps.abs().square().sum(dim=1, keepdim=True).sqrt()
+    mask = EquispacedFractionMask([0.125], [3])(32, seed=0).kspace_mask().float().reshape(1, 1, 32, 1)
+    mask = mask.expand(1, 1, 32, 32)
+    kspace = sense_expand(truth, smaps, mask)
+    inputs = (torch.stack([kspace.real, kspace.imag], dim=-1), mask, torch.stack([smaps.real, smaps.imag], dim=-1))
+    return inputs, kspace, smaps, mask
+
+
+@pytest.mark.parametrize("factor", [1e-3, 1e3])
+def test_final_dc_makes_clean_data_consistent_and_keeps_the_network_image_where_weighted(factor):
+    # zero image nets: x_net is the adjoint; a small weight moves it to the data (by > 10%), a large
+    # one leaves it (within 1%)
+    inputs, kspace, smaps, mask = _phantom_inputs()
+    residuals = {}
+    for steps in (0, 20):
+        model = XPDNet(n_iter=1, image_net=_tiny_mwcnn, final_dc=steps, final_dc_factor=factor)
+        for parameter in model.image_nets.parameters():
+            nn.init.zeros_(parameter)
+        with torch.no_grad():
+            residuals[steps] = model(*inputs)
+    adjoint = sense_adjoint(kspace, smaps, mask)
+    assert torch.allclose(residuals[0], adjoint.abs().reshape(1, 32, 32), atol=1e-6)
+    change = float((residuals[20] - residuals[0]).norm() / residuals[0].norm())
+    if factor > 1:
+        assert change < 0.01
+    else:
+        assert change > 0.1
+
+
+def test_final_dc_on_clean_data_reduces_the_data_residual_tenfold():
+    inputs, kspace, smaps, mask = _phantom_inputs()
+    model = XPDNet(n_iter=1, image_net=_tiny_mwcnn, final_dc=30, final_dc_factor=1e-3)
+    for parameter in model.image_nets.parameters():
+        nn.init.zeros_(parameter)
+    adjoint = sense_adjoint(kspace, smaps, mask).reshape(1, 1, 32, 32)
+    measured = real_to_complex(inputs[0])
+    smaps_c = real_to_complex(inputs[2])
+    mu = max(1e-3 * kspace_noise_variance(kspace) / float(adjoint.abs().square().mean()), 1e-6)
+    dc = adjoint + sense_cg(-sense_gradient(adjoint, measured, smaps_c, mask), smaps_c, mask,
+                            torch.full((1, 1, 1, 1), mu), 30)
+    before = float((sense_expand(adjoint, smaps_c, mask) - measured).norm())
+    after = float((sense_expand(dc, smaps_c, mask) - measured).norm())
+    assert after < before / 10
+    with torch.no_grad():
+        assert torch.allclose(model(*inputs), dc.abs().reshape(1, 32, 32), atol=1e-4)
+
+
+def test_cg_factors_are_learned_and_plain_state_dicts_are_unchanged():
+    assert not {"warm_start_log_factor", "final_dc_log_factor"} & set(XPDNet(n_iter=1).state_dict())
+    model = XPDNet(n_iter=1, preset="small", warm_start=3, final_dc=2)
+    assert {"warm_start_log_factor", "final_dc_log_factor"} <= set(dict(model.named_parameters()))
     assert_gradients_reach_all_parameters(model, random_inputs(2, 3, (16, 16)))
     with pytest.raises(ValueError, match="warm_start"):
         XPDNet(n_iter=1, warm_start=-1)
+    with pytest.raises(ValueError, match="final_dc"):
+        XPDNet(n_iter=1, final_dc=2, final_dc_factor=0.0)
 
 
-def test_warm_started_xpdnet_scripts_and_exports_to_onnx():
+def test_xpdnet_with_cg_steps_scripts_and_exports_to_onnx():
     torch.manual_seed(0)
-    model = XPDNet(n_iter=1, n_primal=2, preset="small", warm_start=3)
+    model = XPDNet(n_iter=1, n_primal=2, preset="small", warm_start=3, final_dc=2)
     example = random_inputs(2, 3, (16, 16), seed=1)
     other_batch = random_inputs(3, 3, (16, 16), seed=2)
     dynamic = [(1, 2, 3), (2, 3), (1, 2, 3)]

@@ -28,8 +28,8 @@ def test_every_bundled_config_loads(path):
 def test_bundled_configs_cover_the_issue():
     names = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
     assert {"xpdnet_fastmri_brain_4x", "xpdnet_fastmri_knee_8x", "ncpdnet_radial_2d", "ncpdnet_spiral_2d",
-            "ncpdnet_radial_2d_singlecoil", "ncpdnet_3d", "unet_baseline", "demo_xpdnet", "demo_ncpdnet_radial",
-            "demo_ncpdnet_spiral"} <= names
+            "ncpdnet_radial_2d_singlecoil", "ncpdnet_3d", "unet_baseline", "demo_xpdnet", "demo_xpdnet_dc",
+            "demo_ncpdnet_radial", "demo_ncpdnet_spiral"} <= names
     thesis = load_config(CONFIG_DIR / "xpdnet_fastmri_brain_4x.yaml")
     assert (thesis.loss, thesis.optim.name, thesis.optim.lr, thesis.loop.batch_size) == ("compound", "radam", 1e-4, 1)
     assert thesis.optim.grad_clip is not None and thesis.network.kwargs["preset"] == "medium"
