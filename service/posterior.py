@@ -129,9 +129,11 @@ class PosteriorEstimator:
             return self._loaded
 
     def estimate(self, result: ReconResult, n_samples: int, time_budget_s: float,
-                 progress: Progress | None = None, seed: int = 0) -> list[ReconResult]:
+                 progress: Progress | None = None, seed: int = 0,
+                 cancel: threading.Event | None = None) -> list[ReconResult]:
         """The posterior mean and standard-deviation images of ``result``'s slice from ``n_samples`` samples
-        drawn within ``time_budget_s``; ValueError for data the sampler cannot take (3D, a bad count)."""
+        drawn within ``time_budget_s``; ValueError for data the sampler cannot take (3D, a bad count);
+        ``SamplingCancelledError`` as soon as ``cancel`` is set."""
         check_uncertainty(n_samples)
         if n_samples == 0:
             raise ValueError("uncertainty: no posterior samples were asked for")
@@ -144,7 +146,7 @@ class PosteriorEstimator:
                            max_batch=min(n_samples, chains_in_memory(sample, self.memory_bytes)))
         drawn = sample_posterior(score, prepared.inputs, preparation, n_samples, noise_std=noise_std(sample, prepared),
                                  settings=settings, seed=seed, time_budget_s=time_budget_s, progress=progress,
-                                 device=self.device)
+                                 device=self.device, cancelled=None if cancel is None else cancel.is_set)
         scale = prepared.scale
         mean = output_to_image(drawn.mean.abs().unsqueeze(0).float().cpu(), scale, prepared.recon_matrix)[0]
         std = output_to_image(drawn.std.unsqueeze(0).float().cpu(), scale, prepared.recon_matrix)[0]

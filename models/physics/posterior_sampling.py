@@ -258,6 +258,10 @@ def _tensor(inputs: dict[str, torch.Tensor], key: str, rank: int, device: torch.
     return value.to(device=device, dtype=torch.float32)
 
 
+class SamplingCancelledError(RuntimeError):
+    """``sample_posterior`` stopped because its ``cancelled`` callback said the samples are no longer wanted."""
+
+
 def _data_term(inputs: dict[str, torch.Tensor], preparation: str, device: torch.device) -> _DataTerm:
     if not isinstance(inputs, dict):
         raise ValueError(f"inputs must be a dict of prepared tensors, got {type(inputs).__name__}")
@@ -405,7 +409,8 @@ def _quantile(values: torch.Tensor, q: float) -> float:
 def sample_posterior(score: ScoreFn, inputs: dict[str, torch.Tensor], preparation: str, n_samples: int,
                      noise_std: float | None = None, settings: SamplerSettings | None = None, seed: int = 0,
                      time_budget_s: float | None = None, progress: Callable[[float], None] | None = None,
-                     device: torch.device | str = "cpu", prior_scale: float | None = None) -> PosteriorResult:
+                     device: torch.device | str = "cpu", prior_scale: float | None = None,
+                     cancelled: Callable[[], bool] | None = None) -> PosteriorResult:
     """Draw ``n_samples`` posterior samples of one prepared slice by annealed HMC (see the module docstring).
 
     Args:
@@ -421,6 +426,8 @@ def sample_posterior(score: ScoreFn, inputs: dict[str, torch.Tensor], preparatio
         progress: called with the fraction of levels done (0 to 1) as levels complete.
         prior_scale: prepared units -> prior units factor; None applies the rule of ``settings.image_q99``.
         seed: seeds the initial noise, the momenta and the accept/reject draws.
+        cancelled: asked after every move; True (the requester went away, the service shuts down) stops the
+            sampling at once with ``SamplingCancelledError``, nothing returned.
     """
     settings = _check_arguments(n_samples, preparation, noise_std, time_budget_s, prior_scale, settings)
     if not callable(score):
@@ -456,6 +463,8 @@ def sample_posterior(score: ScoreFn, inputs: dict[str, torch.Tensor], preparatio
                 cache = chains.evaluate(x, sigma)
                 for _ in range(settings.steps_per_level):
                     x, cache = chains.move(x, cache, sigma, eps)
+                    if cancelled is not None and cancelled():
+                        raise SamplingCancelledError("posterior sampling cancelled: its requester no longer waits")
                     if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
                         stopped = True
                         break

@@ -225,12 +225,24 @@ class Engine:
             check_sample(sample)
         return n_samples
 
-    def _estimate(self, result: ReconResult, n_samples: int, progress: Callable[[float], None] | None) -> None:
+    def _estimate(self, result: ReconResult, n_samples: int, progress: Callable[[float], None] | None,
+                  cancel: threading.Event | None = None) -> None:
         """The posterior images of one result; a failure is kept in ``result.posterior_error`` (and logged), never
-        raised: the reconstruction stands and is delivered without its maps."""
+        raised: the reconstruction stands and is delivered without its maps. ``cancel`` set stops the sampling
+        (and any not yet started: the requester is gone)."""
+        from mrdserve.models.physics.posterior_sampling import SamplingCancelledError
+
         started = time.perf_counter()
+        if cancel is not None and cancel.is_set():
+            result.posterior_error = "uncertainty maps not made: the request was cancelled"
+            return
         try:
-            result.derived = self.posterior.estimate(result, n_samples, self.config.uncertainty_budget_s, progress)
+            result.derived = self.posterior.estimate(result, n_samples, self.config.uncertainty_budget_s, progress,
+                                                     cancel=cancel)
+        except SamplingCancelledError:
+            result.posterior_error = "uncertainty maps not made: the request was cancelled"
+            log.info("posterior sampling cancelled: the request went away")
+            return
         except Exception as error:
             result.posterior_error = f"uncertainty maps not made: {type(error).__name__}: {str(error)[:300]}"
             log.warning("posterior sampling failed: %s", result.posterior_error)
@@ -243,12 +255,18 @@ class Engine:
         """Attach posterior mean and standard-deviation images (``ReconResult.derived``) to each result, one slice
         after the other on the posterior thread, each within ``config.uncertainty_budget_s``; a slice whose maps
         fail keeps its image and says why in ``posterior_error``. ``progress(fraction of the request)`` is called
-        from that thread. Nothing happens for ``n_samples == 0``."""
+        from that thread. Nothing happens for ``n_samples == 0``. Cancelling the awaiting task (the client went
+        away, the service shuts down) stops the running sampling after its current move."""
         loop = asyncio.get_running_loop()
-        for index, result in enumerate(results if n_samples else ()):
-            report = None if progress is None else (
-                lambda fraction, index=index: progress((index + fraction) / len(results)))
-            await loop.run_in_executor(self._posterior_pool, self._estimate, result, n_samples, report)
+        cancel = threading.Event()  # set when this coroutine is cancelled (client gone, shutdown): the thread stops
+        try:
+            for index, result in enumerate(results if n_samples else ()):
+                report = None if progress is None else (
+                    lambda fraction, index=index: progress((index + fraction) / len(results)))
+                await loop.run_in_executor(self._posterior_pool, self._estimate, result, n_samples, report, cancel)
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
 
     def add_uncertainty_sync(self, results: Sequence[ReconResult], n_samples: int) -> None:
         """``add_uncertainty`` in the calling thread (``mrdserve recon --uncertainty``)."""

@@ -16,7 +16,12 @@ from mrdserve.models.data.score_prior_artifact import load_score_prior, read_sco
 from mrdserve.models.data.simulate import simulate_noncartesian
 from mrdserve.models.export.score_prior import held_out_case, posterior_figures, zero_filled_magnitude
 from mrdserve.models.physics.fft import fftnc, ifftnc
-from mrdserve.models.physics.posterior_sampling import MAX_POSTERIOR_SAMPLES, SamplerSettings, sample_posterior
+from mrdserve.models.physics.posterior_sampling import (
+    MAX_POSTERIOR_SAMPLES,
+    SamplerSettings,
+    SamplingCancelledError,
+    sample_posterior,
+)
 
 PRIOR = Path(__file__).resolve().parents[2] / "service" / "priors" / "demo-score-0.1"
 TEST_SEED = 777  # a simulation seed (and so a phantom) that neither training nor the manifest's validation used
@@ -118,6 +123,20 @@ def test_time_budget_stops_early_and_still_denoises_what_exists(prior):
                             progress=fractions.append)
     assert not full.stopped_early and full.n_completed == 3 and full.samples.shape == (3, 32, 32)
     assert fractions == pytest.approx([i / 8 for i in range(1, 9)])  # 4 levels x 2 chunks
+
+
+def test_cancelled_stops_at_the_next_move_and_returns_nothing(prior):
+    score, _, settings = prior
+    case = held_out_case(32, 2, 4, TEST_SEED)
+    asked = []
+
+    def cancelled() -> bool:
+        asked.append(True)
+        return len(asked) >= 3
+
+    with pytest.raises(SamplingCancelledError, match="cancelled"):
+        sample_posterior(score, case.prepared.inputs, "cartesian-sense", 2, settings=settings, cancelled=cancelled)
+    assert len(asked) == 3  # asked after every move, stopped at the first True
 
 
 def _inputs() -> dict[str, torch.Tensor]:

@@ -71,3 +71,28 @@ def test_recon_writes_the_posterior_series_beside_the_images(cartesian, tmp_path
     assert "uncertainty map" in descriptions["posterior-std"]
     assert main(["recon", str(cartesian), "-o", str(out), "--uncertainty", "99"]) == 2
     assert "--uncertainty: must be 0 (none) or an integer" in capsys.readouterr().err
+
+
+def test_cancelling_the_request_stops_a_running_sampling_at_once(cartesian):
+    # a 60 s budget the sampling would use up; the awaiting task is cancelled once sampling has started: the
+    # sampler stops with SamplingCancelledError (a run the budget stopped would return maps saying "cut short")
+    import asyncio
+
+    engine = Engine(ServiceConfig(device="cpu", warmup=False, uncertainty_budget_s=60.0), preload=False)
+    _, [sample] = read_ismrmrd(cartesian)
+    result = _zero_filled_result(sample)
+    started = asyncio.Event()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(engine.add_uncertainty(
+            [result], 8, progress=lambda _: loop.call_soon_threadsafe(started.set)))
+        await asyncio.wait_for(started.wait(), timeout=60)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await loop.run_in_executor(engine._posterior_pool, lambda: None)  # queued behind the sampling thread
+
+    asyncio.run(scenario())
+    assert result.derived == []
+    assert result.posterior_error == "uncertainty maps not made: the request was cancelled"
