@@ -76,9 +76,11 @@ class ServiceConfig:
     pacs_aet: str = "MRDSERVE"
     pacs_called_aet: str = "ANY-SCP"
     pacs_timeout_s: float = 30.0
-    # uncertainty maps (service.posterior): score-prior artifacts, and the sampling time each slice may take
+    # uncertainty maps (service.posterior): score-prior artifacts, the sampling time each slice may take and the
+    # time all the slices of one request may take together
     priors: list[Path] = field(default_factory=lambda: [BUNDLED_PRIORS])
     uncertainty_budget_s: float = 120.0
+    uncertainty_request_budget_s: float = 600.0
 
     def __post_init__(self) -> None:
         self.artifacts = [Path(p) for p in self.artifacts]
@@ -93,7 +95,7 @@ class ServiceConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("request_timeout_s", "result_ttl_s", "spool_max_bytes", "upload_max_bytes", "read_timeout_s",
-                     "max_parse_s", "uncertainty_budget_s"):
+                     "max_parse_s", "uncertainty_budget_s", "uncertainty_request_budget_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
@@ -170,7 +172,7 @@ class ServiceConfig:
 _INTS = ("port", "mrd_port", "max_batch", "queue_size", "spool_max_bytes", "upload_max_bytes", "max_matrix",
          "max_slices", "max_request_bytes", "max_connections")
 _FLOATS = ("max_wait_ms", "request_timeout_s", "result_ttl_s", "pacs_timeout_s", "read_timeout_s", "max_parse_s",
-           "uncertainty_budget_s")
+           "uncertainty_budget_s", "uncertainty_request_budget_s")
 _BOOLS = ("with_bundled", "warmup")
 _LISTS = ("api_keys", "cors_origins", "onnx_providers", "mrd_allow")
 
@@ -252,6 +254,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
              "MRDSERVE_PRIORS, ':'-separated)")
     add("--uncertainty-budget-s", type=float, default=None,
         help="posterior sampling time per slice when a request asks for uncertainty maps (default 120 s)")
+    add("--uncertainty-request-budget-s", type=float, default=None,
+        help="posterior sampling time of all the slices of one request together (default 600 s); slices past it "
+             "keep their images without maps")
     add("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     add("--pacs-url", default=None, help="push DICOM results to this PACS: a DICOMweb base URL "
         "(http://pacs:8042/dicom-web) or host:port for C-STORE (MRDSERVE_PACS_URL); none: no push")

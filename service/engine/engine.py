@@ -226,19 +226,27 @@ class Engine:
         return n_samples
 
     def _estimate(self, result: ReconResult, n_samples: int, progress: Callable[[float], None] | None,
-                  cancel: threading.Event | None = None) -> None:
+                  cancel: threading.Event | None = None, deadline: float | None = None) -> None:
         """The posterior images of one result; a failure is kept in ``result.posterior_error`` (and logged), never
         raised: the reconstruction stands and is delivered without its maps. ``cancel`` set stops the sampling
-        (and any not yet started: the requester is gone)."""
+        (and any not yet started: the requester is gone). ``deadline`` (``time.perf_counter`` time) is the end of
+        the request's sampling budget: the slice gets what is left of it, at most ``uncertainty_budget_s``."""
         from mrdserve.models.physics.posterior_sampling import SamplingCancelledError
 
         started = time.perf_counter()
         if cancel is not None and cancel.is_set():
             result.posterior_error = "uncertainty maps not made: the request was cancelled"
             return
+        budget = self.config.uncertainty_budget_s
+        if deadline is not None:
+            budget = min(budget, deadline - started)
+            if budget <= 0:
+                result.posterior_error = (f"uncertainty maps not made: the request's sampling budget "
+                                          f"({self.config.uncertainty_request_budget_s:g} s) was spent on earlier "
+                                          "slices")
+                return
         try:
-            result.derived = self.posterior.estimate(result, n_samples, self.config.uncertainty_budget_s, progress,
-                                                     cancel=cancel)
+            result.derived = self.posterior.estimate(result, n_samples, budget, progress, cancel=cancel)
         except SamplingCancelledError:
             result.posterior_error = "uncertainty maps not made: the request was cancelled"
             log.info("posterior sampling cancelled: the request went away")
@@ -253,25 +261,29 @@ class Engine:
     async def add_uncertainty(self, results: Sequence[ReconResult], n_samples: int,
                               progress: Callable[[float], None] | None = None) -> None:
         """Attach posterior mean and standard-deviation images (``ReconResult.derived``) to each result, one slice
-        after the other on the posterior thread, each within ``config.uncertainty_budget_s``; a slice whose maps
-        fail keeps its image and says why in ``posterior_error``. ``progress(fraction of the request)`` is called
+        after the other on the posterior thread, each within ``config.uncertainty_budget_s`` and all within
+        ``config.uncertainty_request_budget_s`` (from this call: waiting for the thread counts); a slice whose
+        maps fail keeps its image and says why in ``posterior_error``. ``progress(fraction of the request)`` is called
         from that thread. Nothing happens for ``n_samples == 0``. Cancelling the awaiting task (the client went
         away, the service shuts down) stops the running sampling after its current move."""
         loop = asyncio.get_running_loop()
         cancel = threading.Event()  # set when this coroutine is cancelled (client gone, shutdown): the thread stops
+        deadline = time.perf_counter() + self.config.uncertainty_request_budget_s
         try:
             for index, result in enumerate(results if n_samples else ()):
                 report = None if progress is None else (
                     lambda fraction, index=index: progress((index + fraction) / len(results)))
-                await loop.run_in_executor(self._posterior_pool, self._estimate, result, n_samples, report, cancel)
+                await loop.run_in_executor(self._posterior_pool, self._estimate, result, n_samples, report, cancel,
+                                           deadline)
         except asyncio.CancelledError:
             cancel.set()
             raise
 
     def add_uncertainty_sync(self, results: Sequence[ReconResult], n_samples: int) -> None:
         """``add_uncertainty`` in the calling thread (``mrdserve recon --uncertainty``)."""
+        deadline = time.perf_counter() + self.config.uncertainty_request_budget_s
         for result in results if n_samples else ():
-            self._estimate(result, n_samples, None)
+            self._estimate(result, n_samples, None, deadline=deadline)
 
     def _observe_classical(self, result: ReconResult, seconds: float) -> None:
         self.metrics.observe_stage("inference", seconds)

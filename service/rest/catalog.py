@@ -30,4 +30,5 @@ async def list_choices(state: State) -> dict[str, Any]:
     return {"artifacts": ["auto", CLASSICAL, *sorted({a.name for a in state.engine.artifacts})],
             "methods": list(METHODS), "formats": list(FORMAT_NAMES),
             "uncertainty": {"max": MAX_POSTERIOR_SAMPLES, "priors": priors,
-                            "budget_s_per_slice": state.config.uncertainty_budget_s}}
+                            "budget_s_per_slice": state.config.uncertainty_budget_s,
+                            "budget_s_per_request": state.config.uncertainty_request_budget_s}}

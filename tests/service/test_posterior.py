@@ -3,6 +3,7 @@ refusing what it cannot take, and the same from ``mrdserve recon --uncertainty``
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -96,3 +97,20 @@ def test_cancelling_the_request_stops_a_running_sampling_at_once(cartesian):
     asyncio.run(scenario())
     assert result.derived == []
     assert result.posterior_error == "uncertainty maps not made: the request was cancelled"
+
+
+def test_slices_past_the_request_budget_keep_their_images_without_maps(cartesian):
+    # the first slice may take 60 s but gets what is left of the request's 0.5 s, and it samples past that
+    # deadline (it stops after the move that crosses it), so the next slices find nothing left
+    engine = Engine(ServiceConfig(device="cpu", warmup=False, uncertainty_budget_s=60.0,
+                                  uncertainty_request_budget_s=0.5), preload=False)
+    _, [sample] = read_ismrmrd(cartesian)
+    results = [_zero_filled_result(sample) for _ in range(3)]
+    engine.add_uncertainty_sync(results, 2)
+    assert [bool(r.derived) for r in results] == [True, False, False]
+    budget = re.search(r"cut short: time budget of ([0-9.e-]+) s", results[0].derived[0].note)
+    assert budget is not None and 0.0 < float(budget.group(1)) <= 0.5  # what was left of the request's 0.5 s
+    for result in results[1:]:
+        assert "the request's sampling budget (0.5 s) was spent on earlier slices" in result.posterior_error
+    with pytest.raises(ValueError, match="uncertainty_request_budget_s must be positive"):
+        ServiceConfig(uncertainty_request_budget_s=0)
