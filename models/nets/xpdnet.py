@@ -36,7 +36,13 @@ from mrdserve.models.nets.complex import channels_to_complex, complex_to_channel
 from mrdserve.models.nets.learnlets import LearnletsPrior
 from mrdserve.models.nets.mwcnn import MWCNN
 from mrdserve.models.nets.sensitivity_refiner import SensitivityRefiner
-from mrdserve.models.physics.kernels import edge_noise_variance, sense_cg, sense_gradient, sense_reduce
+from mrdserve.models.physics.kernels import (
+    edge_noise_variance,
+    sense_cg,
+    sense_fit_noise_variance,
+    sense_gradient,
+    sense_reduce,
+)
 
 ImageNetFactory = Callable[[int, int], nn.Module]
 
@@ -128,14 +134,11 @@ class XPDNet(nn.Module):
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor) -> torch.Tensor:
         measured = real_to_complex(kspace)  # [B, C, ky, kx]
         smaps_c = real_to_complex(self.refiner(smaps))
-        image = sense_reduce(measured, smaps_c, mask)  # [B, 1, y, x]: the coil axis kept (export-safe)
-        relative_noise = image  # placeholder for TorchScript's typing; set below where a CG step needs it
-        if self.warm_start > 0 or self.final_dc > 0:
-            power = (image.real * image.real + image.imag * image.imag).reshape(image.shape[0], -1).mean(dim=1)
-            relative_noise = edge_noise_variance(measured, mask) / power.clamp_min(1e-12).reshape(-1, 1, 1, 1)
+        adjoint = sense_reduce(measured, smaps_c, mask)  # [B, 1, y, x]: the coil axis kept (export-safe)
+        image = adjoint
         if self.warm_start > 0:
-            l2 = (torch.exp(self.warm_start_log_factor) * relative_noise).clamp_min(1e-6)
-            image = sense_cg(image, smaps_c, mask, l2, self.warm_start)
+            l2 = torch.exp(self.warm_start_log_factor) * edge_noise_variance(measured, mask) / mean_power(adjoint)
+            image = sense_cg(adjoint, smaps_c, mask, l2.clamp_min(1e-6), self.warm_start)
         buffer = torch.cat([image] * self.n_primal, dim=1)  # [B, n_primal, y, x]
         for image_net in self.image_nets:
             gradient = sense_gradient(buffer[:, :1], measured, smaps_c, mask)
@@ -143,7 +146,15 @@ class XPDNet(nn.Module):
             buffer = buffer + channels_to_complex(image_net(features))
         output = buffer[:, :1]
         if self.final_dc > 0:  # (A^H A + mu I) d = A^H (y - A x_net), x = x_net + d
-            mu = (torch.exp(self.final_dc_log_factor) * relative_noise).clamp_min(1e-6)
-            output = output + sense_cg(-sense_gradient(output, measured, smaps_c, mask), smaps_c, mask, mu,
-                                       self.final_dc)
+            with torch.no_grad():  # a statistic of the data, no gradient
+                noise = sense_fit_noise_variance(measured, smaps_c, mask, self.final_dc)
+            mu = torch.exp(self.final_dc_log_factor) * noise / mean_power(adjoint)
+            output = output + sense_cg(-sense_gradient(output, measured, smaps_c, mask), smaps_c, mask,
+                                       mu.clamp_min(1e-6), self.final_dc)
         return magnitude(output).squeeze(1)
+
+
+def mean_power(image: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean |x|^2 of a complex ``[B, 1, y, x]`` image, ``[B, 1, 1, 1]`` (at least 1e-12)."""
+    power = image.real * image.real + image.imag * image.imag
+    return power.reshape(power.shape[0], -1).mean(dim=1).clamp_min(1e-12).reshape(-1, 1, 1, 1)

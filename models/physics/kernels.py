@@ -106,6 +106,23 @@ def sense_cg(rhs: torch.Tensor, smaps: torch.Tensor, mask: torch.Tensor, l2: tor
     return x
 
 
+def sense_fit_noise_variance(kspace: torch.Tensor, smaps: torch.Tensor, mask: torch.Tensor,
+                             n_iter: int) -> torch.Tensor:
+    """Per-sample complex noise variance ``[B, 1, 1, 1]`` from the misfit of a least-squares SENSE fit: the
+    residual ||A x - y||^2 of ``n_iter`` CG steps over its degrees of freedom (measured samples times coils minus
+    the pixels the sensitivities cover). Unlike the readout-edge estimate it is not fooled by signal that reaches
+    the edge of k-space (noiseless or sharp-edged objects give ~0); an unconverged fit or wrong sensitivities make it
+    an upper bound. ``kspace, smaps [B, C, ky, kx]`` complex, ``mask [B, 1, ky, kx]``."""
+    rhs = sense_reduce(kspace, smaps, mask)
+    fit = sense_cg(rhs, smaps, mask, torch.full_like(rhs.real.narrow(2, 0, 1).narrow(3, 0, 1), 1e-6), n_iter)
+    residual = sense_expand(fit, smaps, mask) - kspace
+    misfit = (residual.real * residual.real + residual.imag * residual.imag).reshape(kspace.shape[0], -1).sum(dim=1)
+    measured = mask.reshape(mask.shape[0], -1).sum(dim=1) * kspace.shape[1]
+    covered = ((smaps.real * smaps.real + smaps.imag * smaps.imag).sum(dim=1) > 0.5).reshape(smaps.shape[0], -1)
+    dof = (measured - covered.sum(dim=1).to(measured.dtype)).clamp_min(1.0)
+    return (misfit / dof).reshape(-1, 1, 1, 1)
+
+
 def toeplitz_product(image: torch.Tensor, kernel: torch.Tensor, n_spatial: int,
                      in_place: bool = False) -> torch.Tensor:
     """Toeplitz-embedded convolution A^H W A x over the last ``n_spatial`` dims of ``image [..., *S]``.

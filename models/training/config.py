@@ -99,7 +99,7 @@ class LoopConfig:
     ``amp`` is the older CUDA-only float16 switch (with a GradScaler); the two cannot be combined.
     """
 
-    steps: int = 1000  # optimisation steps (batches) in total
+    steps: int = 1000  # optimisation steps (batches) in total; 0 with init_from: save that network as this config's
     batch_size: int = 1  # examples per step and process
     val_every: int = 500  # validate every this many steps (and at the end); 0 disables periodic validation
     val_examples: int = 4  # validation examples used (at most the validation set's size)
@@ -255,7 +255,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     _positive(config.optim.weight_decay, "optim.weight_decay", allow_zero=True)
     if config.optim.grad_clip is not None:
         _positive(config.optim.grad_clip, "optim.grad_clip")
-    for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+    _positive(config.loop.steps, "loop.steps", allow_zero=config.loop.init_from is not None)
+    for name in ("batch_size", "checkpoint_every", "log_every"):
         _positive(getattr(config.loop, name), f"loop.{name}")
     for name in ("val_every", "val_examples", "num_workers"):
         _positive(getattr(config.loop, name), f"loop.{name}", allow_zero=True)

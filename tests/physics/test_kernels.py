@@ -163,3 +163,22 @@ def test_edge_noise_variance_is_the_classical_estimate_in_export_safe_form():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.script(kernels.edge_noise_variance)
+
+
+def test_sense_fit_noise_variance_sees_the_noise_and_not_the_signal():
+    # 8 coils, every 2nd line: a clean smooth object fits the SENSE model (estimate ~0, where the readout edge's
+    # quantile still sees its signal); added white noise of complex variance 0.02 is what the misfit measures
+    from mrdserve.models.data.coils import coil_sensitivities_2d
+    from mrdserve.models.data.phantoms import complex_phantom_2d
+
+    maps = coil_sensitivities_2d(8, (48, 48), seed=2).unsqueeze(0).to(torch.complex64)
+    smaps = maps / maps.abs().square().sum(dim=1, keepdim=True).sqrt()
+    image = complex_phantom_2d((48, 48), seed=2).reshape(1, 1, 48, 48).to(torch.complex64)
+    mask = (torch.arange(48) % 2 == 0).float().reshape(1, 1, 48, 1).expand(1, 1, 48, 48)
+    clean = sense_expand(image, smaps, mask)
+    g = torch.Generator().manual_seed(4)
+    white = torch.complex(torch.randn(clean.shape, generator=g), torch.randn(clean.shape, generator=g)) * 0.1
+    noisy = clean + white * mask
+    clean_estimate = float(kernels.sense_fit_noise_variance(clean, smaps, mask, 30))
+    assert clean_estimate < 0.05 * float(kernels.edge_noise_variance(clean, mask))
+    assert abs(float(kernels.sense_fit_noise_variance(noisy, smaps, mask, 30)) - 0.02) < 0.004

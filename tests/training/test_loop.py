@@ -74,6 +74,18 @@ def test_resume_refuses_a_different_network(tmp_path):
         train(config_from_dict(changed))
 
 
+def test_zero_steps_from_init_from_saves_that_network_under_this_config(tmp_path):
+    # a calibration stage: another config's weights, this config's network kwargs, no optimisation step
+    train(config_from_dict(tiny_config(tmp_path / "source", steps=2)))
+    target = tiny_config(tmp_path / "zero", steps=0, init_from=str(tmp_path / "source" / "latest.pt"))
+    result = train(config_from_dict(target))
+    assert result.step == 0 and result.losses == []
+    _assert_same(_parameters(tmp_path / "source" / "latest.pt"), _parameters(tmp_path / "zero" / "latest.pt"))
+    assert load_checkpoint(tmp_path / "zero")["config"]["loop"]["steps"] == 0
+    with pytest.raises(ValueError, match=r"loop\.steps: must be > 0"):
+        config_from_dict(tiny_config(tmp_path / "bad", steps=0))
+
+
 def test_loss_decreases_and_validation_compares_with_baselines(tmp_path):
     config = tiny_config(tmp_path, steps=40, batch_size=1, checkpoint_every=40, val_every=40, val_examples=1)
     config["data"]["train_size"] = 2
