@@ -295,7 +295,7 @@ class InstantPosterior:
 
     available = True
 
-    def estimate(self, result, n_samples, time_budget_s, progress=None):
+    def estimate(self, result, n_samples, time_budget_s, progress=None, cancel=None):
         from mrdserve.service.engine.result import ImageRole
 
         note = f"{n_samples} of {n_samples} posterior samples from score prior instant-1"
@@ -321,7 +321,7 @@ def test_uncertainty_parameter_sends_posterior_series_after_each_image(server, i
 
 
 class FailingPosterior(InstantPosterior):
-    def estimate(self, result, n_samples, time_budget_s, progress=None):
+    def estimate(self, result, n_samples, time_budget_s, progress=None, cancel=None):
         raise RuntimeError("injected sampler failure")
 
 
