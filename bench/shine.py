@@ -1,16 +1,16 @@
 """SHINE against implicit differentiation and JFB for the DEQ: backward time, gradient quality, PSNR at equal time.
 
-One DEQ (same kwargs and initial weights, Broyden forward solve for every mode so that only the backward
-differs) on the trainer's synthetic Cartesian multicoil data (``build_run``: SyntheticDataset, the (seed, step)
-data order, the L1 loss, clipping at 1, ``evaluate``; Adam at ``--lr``), trained for the same wall-clock budget
-in each of ``--train-modes``: "exact" (implicit differentiation, the reference), "jfb", "shine" (the thesis's:
-Broyden with an OPA update every forward iteration, its inverse estimate reused in the backward) and "shine-refine"
-(the same, the exact backward started from SHINE's direction) by default; "shine-plain" (Broyden's estimate
-without OPA) is measured for its gradient only unless asked for. Per trained mode: median forward and backward time per step, steps done,
-validation PSNR (the eval/export form) at the end. Gradient quality, every mode: the cosine of its gradient with
-the exact one (forward and backward solved to 1e-6 / 1e-7) on the same ``--cos-batches`` training batches, at the
-initial weights and at the weights exact training ended with. The table is printed and written with the
-settings to ``bench/out/shine/results.json``. Last line: ``shine_backward_speedup=<exact / shine backward time>
+One DEQ (same kwargs and initial weights, Broyden forward solve for every mode so that only the backward differs) on
+the trainer's synthetic Cartesian multicoil data (``build_run``: SyntheticDataset, the (seed, step) data order, the
+L1 loss, clipping at 1, ``evaluate``; Adam at ``--lr``), trained for the same wall-clock budget in each of
+``--train-modes``: "exact" (implicit differentiation, the reference), "jfb", "shine" (the thesis's: Broyden with an
+OPA update every forward iteration, its inverse estimate reused in the backward) and "shine-refine" (the same, the
+exact backward started from SHINE's direction) by default; "shine-plain" (Broyden's estimate without OPA) is
+measured for its gradient only unless asked for. Per trained mode: median forward and backward time per step, steps
+done, validation PSNR (the eval/export form) at the end. Gradient quality, every mode: the cosine of its gradient
+with the exact one (forward and backward solved to 1e-6 / 1e-7) on the same ``--cos-batches`` training batches, at
+the initial weights and at the weights exact training ended with. The table is printed and written with the settings
+to ``bench/out/shine/results.json``. Last line: ``shine_backward_speedup=<exact / shine backward time>
 shine_grad_cos=<mean> jfb_grad_cos=<mean>`` then the refine and plain (no OPA) cosines and each mode's PSNR.
 
 Default run (64x64, 8 coils, batch 2, 150 s per trained mode) takes about 12 minutes on 2 CPU cores;
