@@ -13,9 +13,10 @@ classical ``cg-sense``: l2 = factor * sigma^2 / mean|A^H y|^2, sigma^2 from the 
 learned (initially ``warm_start_factor``).
 
 ``final_dc=K`` ends with a data-consistency step (as MoDL's): K CG steps on
-(A^H A + mu I) x = A^H y + mu x_net from the network's image x_net, with mu = factor * sigma^2 / mean|A^H y|^2 (the
-factor learned, initially ``final_dc_factor``): on clean data the measured k-space overrules the network, on noisy
-data the network's image holds.
+(A^H A + mu I) x = A^H y + mu x_net from the network's image x_net, with mu = factor * sigma^2 / mean|A^H y|^2,
+sigma^2 from the misfit of a K-step least-squares SENSE fit (``kernels.sense_fit_noise_variance``, which signal at
+the readout's edge does not fool) and the factor learned (initially ``final_dc_factor``): on clean data the measured
+k-space overrules the network, on noisy data the network's image holds.
 
 ``prior="learnlets"`` replaces the MWCNN of every iteration by ``LearnletsPrior`` (models.nets.learnlets): a 1x1
 convolution mixes [buffer, gradient] into channels, Learnlets shared by the channels denoise each with its own
