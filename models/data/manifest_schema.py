@@ -201,8 +201,9 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_manifest(directory: str | Path) -> dict[str, Any]:
-    """Read and validate ``directory/manifest.json`` (ValueError naming the file when missing or invalid)."""
+def read_manifest_json(directory: str | Path) -> dict[str, Any]:
+    """The JSON object in ``directory/manifest.json`` of any artifact kind, unvalidated (ValueError naming the file
+    when it is missing, not JSON or not an object)."""
     path = Path(directory) / MANIFEST_FILE
     if not path.is_file():
         raise ValueError(f"{path}: manifest.json not found")
@@ -210,6 +211,30 @@ def load_manifest(directory: str | Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: the manifest must be a JSON object")
+    return manifest
+
+
+def check_files(directory: str | Path, files: dict[str, str]) -> None:
+    """Every file ``files`` names (name -> sha256) is in ``directory`` and hashes as recorded (ValueError naming
+    the file otherwise), so a modified artifact of any kind is refused."""
+    directory = Path(directory)
+    for name, expected in files.items():
+        path = directory / name
+        if Path(name).name != name:
+            raise ValueError(f"{name}: file names in the manifest must not contain directories")
+        if not path.is_file():
+            raise ValueError(f"{name}: file missing from artifact {directory}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ValueError(f"{name}: sha256 mismatch (manifest {expected[:12]}..., file {actual[:12]}...)")
+
+
+def load_manifest(directory: str | Path) -> dict[str, Any]:
+    """Read and validate ``directory/manifest.json`` (ValueError naming the file when missing or invalid)."""
+    path = Path(directory) / MANIFEST_FILE
+    manifest = read_manifest_json(directory)
     try:
         validate_manifest(manifest)
     except ValueError as exc:
@@ -227,13 +252,5 @@ def verify_artifact(directory: str | Path) -> dict[str, Any]:
     if not directory.is_dir():
         raise ValueError(f"{directory}: artifact directory not found")
     manifest = load_manifest(directory)
-    for name, expected in manifest["files"].items():
-        path = directory / name
-        if Path(name).name != name:
-            raise ValueError(f"{name}: file names in the manifest must not contain directories")
-        if not path.is_file():
-            raise ValueError(f"{name}: file missing from artifact {directory}")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ValueError(f"{name}: sha256 mismatch (manifest {expected[:12]}..., file {actual[:12]}...)")
+    check_files(directory, manifest["files"])
     return manifest

@@ -10,15 +10,14 @@ convention of its training images.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mrdserve.models.data.manifest_schema import sha256_file
+from mrdserve.models.data.manifest_schema import MANIFEST_FILE, check_files, read_manifest_json
 
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_FILE
 KIND = "score-prior"
 REQUIRED = ("name", "version", "kind", "files", "sampler_settings", "intensity")
 
@@ -27,14 +26,7 @@ def read_score_manifest(directory: str | Path) -> dict[str, Any]:
     """The manifest of the score prior in ``directory``, with its files' hashes checked (ValueError otherwise)."""
     directory = Path(directory)
     path = directory / MANIFEST
-    if not path.is_file():
-        raise ValueError(f"{path}: manifest.json not found")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{path}: the manifest must be a JSON object")
+    manifest = read_manifest_json(directory)
     missing = [key for key in REQUIRED if key not in manifest]
     if missing:
         raise ValueError(f"{path}: manifest field(s) {', '.join(missing)} missing")
@@ -43,12 +35,7 @@ def read_score_manifest(directory: str | Path) -> dict[str, Any]:
     files = manifest["files"]
     if not isinstance(files, dict) or "model.ts" not in files:
         raise ValueError(f"{path}: manifest 'files' must map file names (model.ts at least) to sha256")
-    for name, expected in files.items():
-        target = directory / name
-        if Path(name).name != name or not target.is_file():
-            raise ValueError(f"{directory}: file {name!r} named in the manifest is missing")
-        if sha256_file(target) != expected:
-            raise ValueError(f"{target}: sha256 does not match the manifest; the artifact was modified")
+    check_files(directory, files)
     return manifest
 
 
