@@ -378,7 +378,8 @@ def _metrics(values: Any) -> dict[str, Any]:
         {k: _jsonable(v) for k, v in values.items() if k not in ("psnr", "ssim", "nmse")}
 
 
-def _frameworks() -> dict[str, str]:
+def frameworks() -> dict[str, str]:
+    """Versions of the frameworks an artifact was exported with (its manifest's ``frameworks``)."""
     import onnx
     import onnxruntime
 
@@ -447,15 +448,21 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, name: st
                              notes, tolerance, opset, staging)
         manifest["equivalence"]["sample"]["source"] = _source(sample)
         validate_manifest(manifest)
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        staging.chmod(0o755)  # mkdtemp makes it private; artifacts are read by service users other than the owner
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        publish(staging, target, manifest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def publish(staging: Path, target: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` into the finished ``staging`` directory and put it in ``target``'s place (replacing an
+    older one), readable by the service's users (mkdtemp made it private)."""
+    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    staging.chmod(0o755)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
 
 
 def _manifest(checkpoint: dict[str, Any], name: str, version: str, model: torch.nn.Module,
@@ -498,7 +505,7 @@ def _manifest(checkpoint: dict[str, Any], name: str, version: str, model: torch.
                                      if _metrics(v)}},
         "equivalence": equivalence,
         "files": {f: sha256_file(staging / f) for f in ("model.ts", "model.onnx")},
-        "frameworks": _frameworks(),
+        "frameworks": frameworks(),
         "intended_use": _intended_use(checkpoint),
         "opset": opset,
     }

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
 import tempfile
 import warnings
@@ -38,6 +37,7 @@ from mrdserve.models.data.prepare import PreparedSample, prepare_sample
 from mrdserve.models.data.sample import KSpaceSample
 from mrdserve.models.data.score_prior_artifact import KIND, MANIFEST
 from mrdserve.models.data.simulate import simulate_cartesian
+from mrdserve.models.export.export import frameworks, publish
 from mrdserve.models.physics.posterior_sampling import PosteriorResult, SamplerSettings, sample_posterior
 from mrdserve.models.training.dsm import build_score_network, load_score_checkpoint, normalised_phantom
 
@@ -203,14 +203,6 @@ def _verify(model: torch.nn.Module, scripted: Any, session: Any,
     return result
 
 
-def _frameworks() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version()}
-
-
 def export_score_prior(checkpoint: dict[str, Any] | str | Path, out_dir: str | Path, name: str, version: str,
                        settings: SamplerSettings | None = None, validation: dict[str, Any] | None = None,
                        validate: bool = True, tolerance: float = 1e-4, overwrite: bool = False) -> Path:
@@ -272,15 +264,11 @@ def export_score_prior(checkpoint: dict[str, Any] | str | Path, out_dir: str | P
                            "posterior": validation or {}},
             "equivalence": equivalence,
             "files": {f: sha256_file(staging / f) for f in ("model.ts", "model.onnx")},
-            "frameworks": _frameworks(),
+            "frameworks": frameworks(),
             "intended_use": INTENDED_USE,
             "opset": 18,
         }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        staging.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        publish(staging, target, manifest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
