@@ -134,15 +134,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if path.is_dir():
         path = path / LATEST
+    return read_checked(path, FORMAT, map_location)
+
+
+def read_checked(path: str | Path, expected_format: str, map_location: str | torch.device = "cpu",
+                 what: str = "checkpoint") -> dict[str, Any]:
+    """The dict saved at ``path`` (tensors only, ``weights_only``) whose ``format`` is ``expected_format``;
+    ValueError naming ``what`` and the file when it is missing, unreadable or of another format."""
+    path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist")
+        raise ValueError(f"{what} {str(path)!r} does not exist")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise ValueError(f"checkpoint {str(path)!r} could not be read: {exc}") from exc
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise ValueError(f"{what} {str(path)!r} could not be read: {exc}") from exc
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != expected_format:
         found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"checkpoint {str(path)!r}: format must be {FORMAT!r}, got {found!r}")
+        raise ValueError(f"{what} {str(path)!r}: format must be {expected_format!r}, got {found!r}")
     return checkpoint
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mrdserve.models.training.checkpoint import atomic_torch_save
+from mrdserve.models.training.checkpoint import atomic_torch_save, read_checked
 
 DENOISER_FORMAT = "mrdserve-denoiser/1"
 LOSS_NAMES = ("l2", "l1")
@@ -180,16 +180,7 @@ def load_denoiser(path: str | Path, device: torch.device | str = "cpu") -> tuple
     the reason when the file is not one."""
     from mrdserve.models.nets.registry import build_network
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"model {str(path)!r} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        raise ValueError(f"model {str(path)!r} is not a denoiser checkpoint: {exc}") from exc
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != DENOISER_FORMAT:
-        found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"model {str(path)!r}: format must be {DENOISER_FORMAT!r}, got {found!r}")
+    checkpoint = read_checked(path, DENOISER_FORMAT, device, what="model")
     network = checkpoint["network"]
     model = build_network(network["name"], **network["kwargs"])
     try:

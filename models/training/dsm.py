@@ -34,7 +34,7 @@ import torch
 
 from mrdserve.models.data.phantoms import complex_phantom_2d
 from mrdserve.models.nets.registry import build_network
-from mrdserve.models.training.checkpoint import atomic_torch_save, git_commit
+from mrdserve.models.training.checkpoint import atomic_torch_save, git_commit, read_checked
 
 SCORE_CHECKPOINT_FORMAT = "mrdserve-score-checkpoint/1"
 NETWORK_NAME = "score"
@@ -195,14 +195,7 @@ def save_score_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
 
 def load_score_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a score-prior checkpoint and check its format (ValueError naming the file otherwise)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"score checkpoint {str(path)!r} does not exist")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != SCORE_CHECKPOINT_FORMAT:
-        found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"{path}: format must be {SCORE_CHECKPOINT_FORMAT!r}, got {found!r}")
-    return checkpoint
+    return read_checked(path, SCORE_CHECKPOINT_FORMAT, map_location, what="score checkpoint")
 
 
 def build_score_network(checkpoint: dict[str, Any]) -> torch.nn.Module:
